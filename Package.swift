@@ -20,13 +20,15 @@ let package = Package(
             name: "TernCPU",
             resources: [.copy("Resources/features.json"), .copy("Resources/models.json")]
         ),
+        // One host: its capabilities (real CPU or a recorded one standing in for it).
+        .target(name: "TernHost", dependencies: ["TernCPU", "CTernHost"]),
         .executableTarget(
             name: "tern",
             dependencies: [
-                "TernCPU", "CTernHost",
+                "TernCPU", "TernHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "TernCPUTests", dependencies: ["TernCPU"]),
+        .testTarget(name: "TernCPUTests", dependencies: ["TernCPU"], resources: [.copy("Fixtures")]),
     ]
 )

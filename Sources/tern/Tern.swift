@@ -1,0 +1,65 @@
+import ArgumentParser
+import Foundation
+import TernCPU
+
+@main
+struct Tern: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tern",
+        abstract: "Run VMs whose processor Tern controls, and move them between hosts that differ.",
+        subcommands: [
+            Capabilities.self, DomCapabilities.self, CPUCompare.self, CPUBaseline.self, CPUModels.self,
+            CPUFeatures.self, CPUIDCommand.self, MigrateCheck.self,
+        ])
+}
+
+/// Options every CPU command shares: which CPU map to use.
+struct MapOptions: ParsableArguments {
+    @Option(
+        name: .customLong("cpu-map"),
+        help: ArgumentHelp(
+            "Use a libvirt cpu_map directory instead of Tern's own CPU models.", valueName: "dir"))
+    var cpuMap: String?
+
+    func load() throws -> CPUMap {
+        if let cpuMap { return try CPUMap.libvirt(directory: cpuMap) }
+        return try CPUMap.builtin()
+    }
+}
+
+/// The host a command speaks about: this machine, or a recorded processor standing in for it.
+struct HostOptions: ParsableArguments {
+    @Option(
+        name: .customLong("host"),
+        help: ArgumentHelp(
+            "Describe this host with a recorded CPU instead of the real one: a <cpudata> dump, a <cpu> description or capabilities XML.",
+            valueName: "file"))
+    var hostFile: String?
+}
+
+/// Reads a file (or standard input for "-") as UTF-8 text.
+func readInput(_ path: String) throws -> String {
+    if path == "-" {
+        return String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+    }
+    guard FileManager.default.fileExists(atPath: path) else {
+        throw ValidationError("cannot read '\(path)': no such file")
+    }
+    do {
+        return try String(contentsOfFile: path, encoding: .utf8)
+    } catch {
+        throw ValidationError("cannot read '\(path)': \(error.localizedDescription)")
+    }
+}
+
+/// Prints a value as pretty, key-sorted JSON.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Writes a line to standard error.
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}

@@ -1,0 +1,843 @@
+#!/usr/bin/env python3
+"""Generate TernCPU's x86 CPU data files from libvirt's CPU map and QEMU.
+
+Writes two JSON resources loaded by the TernCPU module:
+
+  Sources/TernCPU/Resources/features.json
+      One entry per x86 feature defined by libvirt's installed
+      x86_features.xml (default /usr/share/libvirt/cpu_map), in libvirt's
+      order, with the CPUID leaf/subleaf/register/bit (or MSR index/half/bit)
+      taken from that file, libvirt's migratable='no' flag, QEMU's property
+      name when it differs, the Linux /proc/cpuinfo flag when it differs, and
+      a list of alternative spellings ("aliases").
+
+  Sources/TernCPU/Resources/models.json
+      Every CPU model and model version QEMU offers (query-cpu-definitions),
+      named libvirt-style where an unversioned name exists (e.g. Haswell-noTSX
+      for Haswell-v2), with vendor/family/model/stepping and the list of
+      features (canonical libvirt names) each model enables, read through
+      QMP `query-cpu-model-expansion` (type "full", cross-checked against
+      "static").  EPYC-Genoa, which the installed QEMU may lack, is added
+      from a transcription of QEMU 8.1's definition (see EPYC_GENOA below).
+
+Facts and where they come from:
+  * bit positions, canonical names, migratability, libvirt aliases:
+    libvirt's x86_features.xml;
+  * libvirt model names and vendors: libvirt's x86_<Model>.xml files;
+  * QEMU property name -> bit: found by starting QEMU (TCG, -S, microvm) with
+    `-cpu base,<prop>=on` for every boolean CPU property and reading the CPU's
+    QOM "feature-words"/"filtered-features" (CPUID) or QEMU's
+    "MSR(xxxH).name [bit n]" warning (MSR features).  libvirt and QEMU names
+    are joined on identical bit positions, never on spelling;
+  * model contents: `query-cpu-model-expansion` under TCG.  QEMU's TCG
+    accelerator forces `vme=off` on every model (tcg_default_props), so the
+    value of `vme` alone is taken from a second expansion under KVM when
+    /dev/kvm is usable; otherwise from QEMU's model table (VME is defined by
+    every model except qemu64 and qemu32).  QEMU sets `hypervisor` on every
+    model at load time (it is not part of any model definition, and libvirt's
+    models never list it), so it is left out of model feature lists;
+  * Linux flag names: LINUX_NAMES below, transcribed from the kernel's
+    arch/x86/include/asm/cpufeatures.h (flags hidden with "" are omitted).
+
+The script is idempotent: re-running it with the same QEMU/libvirt produces
+byte-identical files.  It validates its output (JSON parses, every model
+feature exists, no duplicate model names/aliases, no alias shared between
+features or equal to another feature's name, bits in range) and exits
+non-zero on failure.  Python 3 standard library only.
+
+Usage:  scripts/generate-cpu-data.py [--qemu qemu-system-x86_64]
+            [--cpu-map /usr/share/libvirt/cpu_map] [--out-dir DIR]
+            [--no-kvm] [--jobs N]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+
+SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT_DIR = os.path.join(SCRIPT_DIR, "..", "Sources", "TernCPU", "Resources")
+
+# ---------------------------------------------------------------------------
+# Hand-maintained knowledge (everything else is read from the installed tools)
+# ---------------------------------------------------------------------------
+
+# Linux /proc/cpuinfo flag for a libvirt feature, where it differs from the
+# libvirt name.  From arch/x86/include/asm/cpufeatures.h (v6.6).  Features
+# Linux hides ("") or does not know are absent.  Linux synthesises the flags
+# "ibrs", "ibpb", "stibp", "ssbd" from either the Intel or the AMD bit; they
+# match libvirt's names for the Intel/AMD-specific features already, so the
+# other vendor's feature (amd-stibp, amd-ssbd, spec-ctrl) gets no flag.
+LINUX_NAMES = {
+    "ds": "dts",
+    "pclmuldq": "pclmulqdq",
+    "sse4.1": "sse4_1",
+    "sse4.2": "sse4_2",
+    "tsc-deadline": "tsc_deadline_timer",
+    "cmt": "cqm",
+    "intel-pt": "intel_pt",
+    "sha-ni": "sha_ni",
+    "avx512vbmi2": "avx512_vbmi2",
+    "avx512vnni": "avx512_vnni",
+    "avx512bitalg": "avx512_bitalg",
+    "avx512-vpopcntdq": "avx512_vpopcntdq",
+    "bus-lock-detect": "bus_lock_detect",
+    "sgxlc": "sgx_lc",
+    "avx512-4vnniw": "avx512_4vnniw",
+    "avx512-4fmaps": "avx512_4fmaps",
+    "avx512-vp2intersect": "avx512_vp2intersect",
+    "md-clear": "md_clear",
+    "tsx-ldtrk": "tsxldtrk",
+    "arch-lbr": "arch_lbr",
+    "amx-bf16": "amx_bf16",
+    "avx512-fp16": "avx512_fp16",
+    "amx-tile": "amx_tile",
+    "amx-int8": "amx_int8",
+    "arch-capabilities": "arch_capabilities",
+    "avx-vnni": "avx_vnni",
+    "avx512-bf16": "avx512_bf16",
+    "mbm_total": "cqm_mbm_total",
+    "mbm_local": "cqm_mbm_local",
+    "cr8legacy": "cr8_legacy",
+    "invtsc": "nonstop_tsc",
+    "virt-ssbd": "virt_ssbd",
+    "svm-lock": "svm_lock",
+    "nrip-save": "nrip_save",
+    "tsc-scale": "tsc_scale",
+    "vmcb-clean": "vmcb_clean",
+    "pause-filter": "pausefilter",
+    "v-vmsave-vmload": "v_vmsave_vmload",
+    "split-lock-detect": "split_lock_detect",
+}
+
+# Other common spellings (compiler flags, vendor documentation).
+COMMON_ALIASES = {
+    "abm": ["lzcnt"],
+    "pni": ["sse3"],
+    "pclmuldq": ["pclmul"],
+    "fma": ["fma3"],
+    "rdrand": ["rdrnd"],
+    "cx8": ["cmpxchg8b"],
+    "cx16": ["cmpxchg16b"],
+    "bmi1": ["bmi"],
+    "sha-ni": ["sha"],
+    "avx512vbmi": ["avx512_vbmi", "avx512-vbmi"],
+    "avx512vbmi2": ["avx512-vbmi2"],
+    "avx512vnni": ["avx512-vnni"],
+    "avx512bitalg": ["avx512-bitalg"],
+    "avx512-vpopcntdq": ["avx512vpopcntdq"],
+    "avx512-4vnniw": ["avx5124vnniw"],
+    "avx512-4fmaps": ["avx5124fmaps"],
+    "avx512-vp2intersect": ["avx512vp2intersect"],
+    "avx512-fp16": ["avx512fp16"],
+    "avx512-bf16": ["avx512bf16"],
+    "avx-vnni": ["avxvnni"],
+}
+
+# QEMU sets these on every model when it loads it; not part of any model.
+MODEL_EXCLUDED_FEATURES = {"hypervisor"}
+
+# When KVM is unavailable: QEMU models whose definition lacks CPUID_VME.
+MODELS_WITHOUT_VME = {"qemu64", "qemu32"}
+
+# Model families in output order (QEMU base names, i.e. without -vN).
+GENERIC_ORDER = ["486", "pentium", "pentium2", "pentium3", "coreduo", "n270",
+                 "core2duo", "qemu32", "kvm32", "qemu64", "kvm64"]
+INTEL_ORDER = ["Conroe", "Penryn", "Nehalem", "Westmere", "SandyBridge",
+               "IvyBridge", "Haswell", "Broadwell", "Skylake-Client",
+               "Skylake-Server", "Denverton", "KnightsMill",
+               "Cascadelake-Server", "Snowridge", "Cooperlake",
+               "Icelake-Server", "SapphireRapids", "GraniteRapids",
+               "SierraForest"]
+AMD_ORDER = ["athlon", "phenom", "Opteron_G1", "Opteron_G2", "Opteron_G3",
+             "Opteron_G4", "Opteron_G5", "EPYC", "EPYC-Rome", "EPYC-Milan",
+             "EPYC-Genoa"]
+HYGON_ORDER = ["Dhyana"]
+QEMU_NON_MODELS = {"max", "host", "base"}
+
+QEMU_VENDORS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD",
+                "HygonGenuine": "Hygon"}
+
+# EPYC-Genoa as defined by QEMU 8.1 (target/i386/cpu.c, builtin_x86_defs,
+# version 1), transcribed as QEMU property names, grouped by feature word.
+EPYC_GENOA = {
+    "name": "EPYC-Genoa",
+    "aliases": ["EPYC-Genoa-v1"],
+    "vendor": "AMD",
+    "family": 25, "model": 17, "stepping": 0,
+    "source": "QEMU 8.1 EPYC-Genoa-v1 (hand-transcribed; not in QEMU 7.2)",
+    "qemu_features": [
+        # FEAT_1_EDX
+        "fpu", "vme", "de", "pse", "tsc", "msr", "pae", "mce", "cx8", "apic",
+        "sep", "mtrr", "pge", "mca", "cmov", "pat", "pse36", "clflush", "mmx",
+        "fxsr", "sse", "sse2",
+        # FEAT_1_ECX
+        "pni", "pclmulqdq", "monitor", "ssse3", "fma", "cx16", "pcid",
+        "sse4.1", "sse4.2", "movbe", "popcnt", "aes", "xsave", "avx", "f16c",
+        "rdrand",
+        # FEAT_8000_0001_EDX
+        "syscall", "nx", "mmxext", "fxsr-opt", "pdpe1gb", "rdtscp", "lm",
+        # FEAT_8000_0001_ECX
+        "lahf-lm", "svm", "cr8legacy", "abm", "sse4a", "misalignsse",
+        "3dnowprefetch", "osvw", "topoext", "perfctr-core",
+        # FEAT_8000_0008_EBX
+        "clzero", "xsaveerptr", "wbnoinvd", "ibpb", "ibrs", "amd-stibp",
+        "stibp-always-on", "amd-ssbd", "amd-psfd",
+        # FEAT_8000_0021_EAX
+        "no-nested-data-bp", "lfence-always-serializing", "null-sel-clr-base",
+        "auto-ibrs",
+        # FEAT_7_0_EBX
+        "fsgsbase", "bmi1", "avx2", "smep", "bmi2", "erms", "invpcid",
+        "avx512f", "avx512dq", "rdseed", "adx", "smap", "avx512ifma",
+        "clflushopt", "clwb", "avx512cd", "sha-ni", "avx512bw", "avx512vl",
+        # FEAT_7_0_ECX
+        "avx512vbmi", "umip", "pku", "avx512vbmi2", "gfni", "vaes",
+        "vpclmulqdq", "avx512vnni", "avx512bitalg", "avx512-vpopcntdq",
+        "la57", "rdpid",
+        # FEAT_7_0_EDX
+        "fsrm",
+        # FEAT_7_1_EAX
+        "avx512-bf16",
+        # FEAT_XSAVE
+        "xsaveopt", "xsavec", "xgetbv1", "xsaves",
+        # FEAT_6_EAX
+        "arat",
+        # FEAT_SVM
+        "npt", "nrip-save", "vnmi", "svme-addr-chk",
+    ],
+    # QEMU 8.1's EPYC-Milan-v2 = EPYC-Milan-v1 plus these properties; Genoa
+    # must contain all of them (checked below).
+    "milan_v2_additions": ["vaes", "vpclmulqdq", "stibp-always-on",
+                           "amd-psfd", "no-nested-data-bp",
+                           "lfence-always-serializing", "null-sel-clr-base"],
+}
+
+REGS = ("eax", "ebx", "ecx", "edx")
+
+
+def log(msg):
+    print(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------
+# QMP
+# ---------------------------------------------------------------------------
+
+class QMP:
+    def __init__(self, path, proc, timeout=30.0):
+        self.proc = proc
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("QEMU did not open its QMP socket")
+                time.sleep(0.02)
+        self.sock.settimeout(timeout)
+        self.file = self.sock.makefile("rwb")
+        self.file.readline()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.file.write(json.dumps(msg).encode() + b"\n")
+        self.file.flush()
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise RuntimeError("QMP connection closed during %s" % name)
+            reply = json.loads(line)
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise RuntimeError("%s: %s" % (name, reply["error"]))
+
+    def close(self):
+        try:
+            self.cmd("quit")
+        except Exception:
+            pass
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_qemu(qemu, tmpdir, tag, extra):
+    path = os.path.join(tmpdir, tag + ".sock")
+    args = [qemu, "-nodefaults", "-nographic", "-display", "none"] + extra + [
+        "-qmp", "unix:%s,server=on,wait=off" % path]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        return QMP(path, proc)
+    except Exception:
+        proc.kill()
+        _, err = proc.communicate()
+        raise RuntimeError("cannot start %s: %s" % (" ".join(args),
+                                                     err.decode().strip()))
+
+
+# ---------------------------------------------------------------------------
+# libvirt
+# ---------------------------------------------------------------------------
+
+def single_bit(mask):
+    return [i for i in range(32) if mask >> i & 1]
+
+
+def load_libvirt_features(cpu_map):
+    root = ET.parse(os.path.join(cpu_map, "x86_features.xml")).getroot()
+    features = []
+    for el in root.findall("feature"):
+        name = el.get("name")
+        bits = []
+        for c in el:
+            if c.tag == "cpuid":
+                leaf = int(c.get("eax_in"), 16)
+                sub = int(c.get("ecx_in", "0"), 16)
+                for reg in REGS:
+                    if c.get(reg) is not None:
+                        for b in single_bit(int(c.get(reg), 16)):
+                            bits.append({"kind": "cpuid", "leaf": leaf,
+                                         "subleaf": sub, "register": reg,
+                                         "bit": b})
+            elif c.tag == "msr":
+                index = int(c.get("index"), 16)
+                for reg in ("eax", "edx"):
+                    for b in single_bit(int(c.get(reg), 16)):
+                        bits.append({"kind": "msr", "msr": index,
+                                     "register": reg, "bit": b})
+        if not bits:
+            raise SystemExit("libvirt feature %s has no bits" % name)
+        features.append({
+            "name": name,
+            "bits": bits,
+            "migratable": el.get("migratable") != "no",
+            "libvirt_aliases": [a.get("name") for a in el.findall("alias")],
+        })
+    return features
+
+
+def load_libvirt_models(cpu_map):
+    models = {}
+    for fn in sorted(os.listdir(cpu_map)):
+        if not (fn.startswith("x86_") and fn.endswith(".xml")):
+            continue
+        root = ET.parse(os.path.join(cpu_map, fn)).getroot()
+        for m in root.findall("model"):
+            vendor = m.find("vendor")
+            models[m.get("name")] = {
+                "vendor": vendor.get("name") if vendor is not None else None,
+                "features": {f.get("name") for f in m.findall("feature")},
+                "parent": (m.find("model").get("name")
+                           if m.find("model") is not None else None),
+            }
+    return models
+
+
+def bit_key(b):
+    if b["kind"] == "cpuid":
+        return ("cpuid", b["leaf"], b["subleaf"], b["register"], b["bit"])
+    return ("msr", b["msr"], b["register"], b["bit"])
+
+
+# ---------------------------------------------------------------------------
+# QEMU: property -> bit probing
+# ---------------------------------------------------------------------------
+
+MSR_WARN = re.compile(r"MSR\(([0-9A-Fa-f]+)H\)\.(\S+) \[bit (\d+)\]")
+
+
+def probe_prop(qemu, tmpdir, idx, prop):
+    """Return the set of bit keys QEMU sets for `-cpu base,<prop>=on`."""
+    path = os.path.join(tmpdir, "p%d.sock" % idx)
+    cpu = "base" if prop is None else "base,%s=on" % prop
+    args = [qemu, "-machine", "microvm", "-accel", "tcg", "-S",
+            "-nodefaults", "-nographic", "-display", "none", "-cpu", cpu,
+            "-qmp", "unix:%s,server=on,wait=off" % path]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    keys = set()
+    try:
+        q = QMP(path, proc)
+    except Exception:
+        proc.kill()
+        proc.communicate()
+        return None
+    try:
+        qom = q.cmd("query-cpus-fast")[0]["qom-path"]
+        for prop_name in ("feature-words", "filtered-features"):
+            for w in q.cmd("qom-get", path=qom, property=prop_name):
+                for b in single_bit(w["features"]):
+                    keys.add(("cpuid", w["cpuid-input-eax"],
+                              w.get("cpuid-input-ecx", 0),
+                              w["cpuid-register"].lower(), b))
+    finally:
+        q.close()
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    for m in MSR_WARN.finditer(err):
+        bit = int(m.group(3))
+        keys.add(("msr", int(m.group(1), 16), "eax" if bit < 32 else "edx",
+                  bit % 32))
+    return keys
+
+
+def probe_qemu_bits(qemu, tmpdir, props, jobs):
+    base = probe_prop(qemu, tmpdir, 0, None)
+    if base is None:
+        raise SystemExit("cannot start QEMU with -cpu base for probing")
+    result = {}
+    with ThreadPoolExecutor(max_workers=jobs) as ex:
+        futs = {p: ex.submit(probe_prop, qemu, tmpdir, i + 1, p)
+                for i, p in enumerate(props)}
+        for p, f in futs.items():
+            keys = f.result()
+            result[p] = None if keys is None else keys - base
+    return result
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+def kvm_usable():
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def variants(s):
+    out = {s, s.replace("-", "_"), s.replace("_", "-")}
+    if "." in s:
+        for ch in ("_", "-", ""):
+            out.add(s.replace(".", ch))
+    return out
+
+
+def dump_list(key, items):
+    lines = [json.dumps(i, ensure_ascii=False) for i in items]
+    return ("{\n  \"%s\": [\n    " % key + ",\n    ".join(lines)
+            + "\n  ]\n}\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--qemu", default="qemu-system-x86_64")
+    ap.add_argument("--cpu-map", default="/usr/share/libvirt/cpu_map")
+    ap.add_argument("--out-dir", default=DEFAULT_OUT_DIR)
+    ap.add_argument("--no-kvm", action="store_true",
+                    help="do not use KVM to read the vme bit of each model")
+    ap.add_argument("--jobs", type=int, default=8)
+    opts = ap.parse_args()
+
+    qemu = shutil.which(opts.qemu) or opts.qemu
+    tmpdir = tempfile.mkdtemp(prefix="tern-cpu-data-")
+    report = {}
+    try:
+        return generate(opts, qemu, tmpdir, report)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def generate(opts, qemu, tmpdir, report):
+    lv_features = load_libvirt_features(opts.cpu_map)
+    lv_models = load_libvirt_models(opts.cpu_map)
+    lv_by_name = {f["name"]: f for f in lv_features}
+    lv_by_bit = {}
+    multi_bit = []
+    for f in lv_features:
+        if len(f["bits"]) > 1:
+            multi_bit.append(f["name"])
+        for b in f["bits"]:
+            k = bit_key(b)
+            if k in lv_by_bit:
+                raise SystemExit("bit %r defined twice in libvirt (%s, %s)"
+                                 % (k, lv_by_bit[k], f["name"]))
+            lv_by_bit[k] = f["name"]
+
+    # --- QEMU (TCG): definitions and expansions -------------------------
+    q = start_qemu(qemu, tmpdir, "tcg",
+                   ["-machine", "none", "-accel", "tcg"])
+    try:
+        ver = q.cmd("query-version")["qemu"]
+        qemu_ver = "%d.%d" % (ver["major"], ver["minor"])
+        defs = q.cmd("query-cpu-definitions")
+        full, static = {}, {}
+        for d in defs:
+            if d["name"] in QEMU_NON_MODELS or d.get("alias-of"):
+                continue
+            full[d["name"]] = q.cmd("query-cpu-model-expansion", type="full",
+                                    model={"name": d["name"]})["model"]["props"]
+            static[d["name"]] = q.cmd("query-cpu-model-expansion",
+                                      type="static",
+                                      model={"name": d["name"]})["model"]["props"]
+        base_full = q.cmd("query-cpu-model-expansion", type="full",
+                          model={"name": "base"})["model"]["props"]
+        base_static = q.cmd("query-cpu-model-expansion", type="static",
+                            model={"name": "base"})["model"]["props"]
+    finally:
+        q.close()
+
+    # QEMU canonical feature names: boolean props of a static expansion.
+    qemu_canonical = sorted(k for k, v in base_static.items()
+                            if isinstance(v, bool))
+    qemu_bool_props = sorted(k for k, v in base_full.items()
+                             if isinstance(v, bool) and k != "realized"
+                             and not k.startswith("hv-"))
+
+    # --- vme under KVM -----------------------------------------------------
+    vme = {}
+    use_kvm = not opts.no_kvm and kvm_usable()
+    if use_kvm:
+        try:
+            qk = start_qemu(qemu, tmpdir, "kvm",
+                            ["-machine", "none", "-accel", "kvm"])
+        except RuntimeError as e:
+            log("warning: KVM unusable (%s); using built-in vme table" % e)
+            use_kvm = False
+        else:
+            try:
+                for name in full:
+                    vme[name] = qk.cmd("query-cpu-model-expansion",
+                                       type="full",
+                                       model={"name": name})["model"]["props"]["vme"]
+            finally:
+                qk.close()
+    fallback_vme = {n: re.sub(r"-v\d+$", "", n) not in MODELS_WITHOUT_VME
+                    for n in full}
+    if use_kvm:
+        diff = sorted(n for n in full if vme[n] != fallback_vme[n])
+        if diff:
+            log("warning: built-in vme table disagrees with KVM for: %s"
+                % ", ".join(diff))
+    else:
+        vme = fallback_vme
+    report["vme_source"] = "KVM expansion" if use_kvm else "built-in table"
+
+    # --- QEMU property -> bits, joined with libvirt bits -----------------
+    probed = probe_qemu_bits(qemu, tmpdir, qemu_bool_props, opts.jobs)
+    qemu_to_lv = {}          # any QEMU prop spelling -> libvirt name
+    lv_qemu_props = {}       # libvirt name -> [QEMU props]
+    for prop, keys in probed.items():
+        if not keys:
+            continue
+        # Bits libvirt does not define (e.g. the XCR0 component bits in CPUID
+        # 0xD.0 that QEMU derives from "xsave") are ignored; the libvirt bits
+        # must be exactly those of one libvirt feature.
+        known = {k for k in keys if k in lv_by_bit}
+        names = {lv_by_bit[k] for k in known}
+        if len(names) != 1:
+            continue
+        lv = names.pop()
+        if known != {bit_key(b) for b in lv_by_name[lv]["bits"]}:
+            continue
+        if known != keys:
+            report.setdefault("extra_bits", []).append(
+                "%s also sets %s" % (prop, sorted(keys - known)))
+        qemu_to_lv[prop] = lv
+        lv_qemu_props.setdefault(lv, []).append(prop)
+    # MSR features QEMU cannot report a bit for (none expected): by name.
+    for f in lv_features:
+        if f["name"] not in lv_qemu_props and f["bits"][0]["kind"] == "msr" \
+                and f["name"] in base_static:
+            qemu_to_lv[f["name"]] = f["name"]
+            lv_qemu_props[f["name"]] = [f["name"]]
+
+    unmapped_qemu = sorted(p for p in qemu_canonical if p not in qemu_to_lv)
+    report["unmapped_qemu"] = unmapped_qemu
+    report["unprobed"] = sorted(p for p, k in probed.items() if k is None)
+
+    # --- features.json -------------------------------------------------------
+    out_features = []
+    for f in lv_features:
+        name = f["name"]
+        entry = {"name": name}
+        bits = []
+        for b in f["bits"]:
+            if b["kind"] == "cpuid":
+                e = {"cpuid": "0x%08x" % b["leaf"]}
+                if b["subleaf"]:
+                    e["subleaf"] = b["subleaf"]
+            else:
+                e = {"msr": "0x%08x" % b["msr"]}
+            e["register"] = b["register"]
+            e["bit"] = b["bit"]
+            bits.append(e)
+        if len(bits) == 1:
+            entry.update(bits[0])
+        else:
+            entry["bits"] = bits
+        if not f["migratable"]:
+            entry["migratable"] = False
+        props = lv_qemu_props.get(name, [])
+        canon = [p for p in props if p in base_static]
+        if len(canon) > 1:
+            log("warning: several QEMU names for %s: %s" % (name, canon))
+        qname = canon[0] if canon else None
+        linux = LINUX_NAMES.get(name)
+        spellings = set(f["libvirt_aliases"]) | set(props)
+        if linux:
+            spellings.add(linux)
+        spellings |= set(COMMON_ALIASES.get(name, []))
+        aliases = set()
+        for s in spellings | {name}:
+            aliases |= variants(s)
+        aliases.discard(name)
+        entry["_aliases"] = aliases
+        if qname and qname != name:
+            entry["qemu"] = qname
+        if linux and linux != name:
+            entry["linux"] = linux
+        out_features.append(entry)
+
+    # alias collisions
+    canon_names = {e["name"] for e in out_features}
+    claims = {}
+    for e in out_features:
+        for a in e["_aliases"]:
+            claims.setdefault(a, []).append(e["name"])
+    collisions = []
+    for e in out_features:
+        keep = []
+        for a in sorted(e["_aliases"]):
+            if a in canon_names:
+                collisions.append("%s (alias of %s) = feature name" % (a, e["name"]))
+            elif len(claims[a]) > 1:
+                collisions.append("%s claimed by %s" % (a, "/".join(claims[a])))
+            else:
+                keep.append(a)
+        del e["_aliases"]
+        if keep:
+            # keep a stable key order: name, location, migratable, aliases, qemu, linux
+            ordered = {}
+            for k in ("name", "cpuid", "msr", "subleaf", "register", "bit",
+                      "bits", "migratable"):
+                if k in e:
+                    ordered[k] = e[k]
+            ordered["aliases"] = keep
+            for k in ("qemu", "linux"):
+                if k in e:
+                    ordered[k] = e[k]
+            e.clear()
+            e.update(ordered)
+    report["alias_collisions"] = sorted(set(collisions))
+    feature_order = {e["name"]: i for i, e in enumerate(out_features)}
+
+    # --- models.json ---------------------------------------------------------
+    aliases_of = {}
+    for d in defs:
+        if d.get("alias-of"):
+            aliases_of.setdefault(d["alias-of"], []).append(d["name"])
+
+    def family_of(vname):
+        return re.sub(r"-v\d+$", "", vname)
+
+    def model_features(props, vname):
+        feats = set()
+        for p in qemu_canonical:
+            if p == "vme":
+                continue
+            if props.get(p) is True and p in qemu_to_lv:
+                feats.add(qemu_to_lv[p])
+        if vme[vname]:
+            feats.add("vme")
+        feats -= MODEL_EXCLUDED_FEATURES
+        return sorted(feats, key=feature_order.__getitem__)
+
+    def vendor_for(fam, qemu_vendor):
+        for cand in [fam] + aliases_of.get(fam + "-v1", []):
+            if cand in lv_models:
+                return lv_models[cand]["vendor"]
+        return QEMU_VENDORS[qemu_vendor]
+
+    order = GENERIC_ORDER + INTEL_ORDER + AMD_ORDER + HYGON_ORDER
+    fams = {}
+    for vname in full:
+        fams.setdefault(family_of(vname), []).append(vname)
+    unknown = sorted(f for f in fams if f not in order)
+    for f in unknown:
+        log("warning: QEMU model family %s not in the ordering tables;"
+            " appended" % f)
+
+    def vkey(v):
+        m = re.search(r"-v(\d+)$", v)
+        return int(m.group(1)) if m else 0
+
+    records = []
+    mismatches = []
+    for fam in [f for f in order if f in fams] + unknown:
+        for vname in sorted(fams[fam], key=vkey):
+            props = full[vname]
+            sprops = static[vname]
+            for p in qemu_canonical:
+                if p in sprops and sprops[p] != props.get(p):
+                    mismatches.append("%s.%s" % (vname, p))
+            qaliases = sorted(aliases_of.get(vname, []),
+                              key=lambda a: (a not in lv_models, a))
+            if qaliases:
+                name, aliases = qaliases[0], [vname] + qaliases[1:]
+            else:
+                name, aliases = vname, []
+            src = "QEMU %s %s" % (qemu_ver, vname)
+            records.append({
+                "name": name,
+                "aliases": aliases,
+                "vendor": vendor_for(fam, props["vendor"]),
+                "family": props["family"],
+                "model": props["model"],
+                "stepping": props["stepping"],
+                "source": src,
+                "features": model_features(props, vname),
+            })
+    if mismatches:
+        raise SystemExit("full/static expansion disagree: %s" % mismatches)
+
+    # EPYC-Genoa
+    genoa_dropped = []
+    if not any(r["name"] == EPYC_GENOA["name"] for r in records):
+        feats = set()
+        for p in EPYC_GENOA["qemu_features"]:
+            lv = qemu_to_lv.get(p) or (p if p in lv_by_name else None)
+            if lv is None:
+                genoa_dropped.append(p)
+            else:
+                feats.add(lv)
+        feats -= MODEL_EXCLUDED_FEATURES
+        milan = next(r for r in records if r["name"] == "EPYC-Milan")
+        missing = set(milan["features"]) - feats
+        missing_v2 = [p for p in EPYC_GENOA["milan_v2_additions"]
+                      if p not in EPYC_GENOA["qemu_features"]]
+        if missing or missing_v2:
+            raise SystemExit("EPYC-Genoa lacks EPYC-Milan features: %s %s"
+                             % (sorted(missing), missing_v2))
+        genoa = {k: EPYC_GENOA[k] for k in ("name", "aliases", "vendor",
+                                            "family", "model", "stepping",
+                                            "source")}
+        genoa["features"] = sorted(feats, key=feature_order.__getitem__)
+        # after the last EPYC model
+        idx = max(i for i, r in enumerate(records)
+                  if r["source"].split()[-1].startswith("EPYC"))
+        records.insert(idx + 1, genoa)
+    report["genoa_dropped"] = genoa_dropped
+
+    # --- informational: differences from libvirt's own model definitions ---
+    lv_diffs = []
+    for r in records:
+        if r["name"] in lv_models:
+            lm = lv_models[r["name"]]
+            if lm["parent"]:
+                continue
+            have = set(r["features"])
+            want = lm["features"]
+            if have != want:
+                lv_diffs.append("%s: +%s -%s" % (
+                    r["name"], ",".join(sorted(have - want)) or "none",
+                    ",".join(sorted(want - have)) or "none"))
+    report["libvirt_diffs"] = lv_diffs
+    report["libvirt_only_models"] = sorted(
+        m for m in lv_models
+        if not any(m == r["name"] or m in r["aliases"] for r in records))
+
+    # --- write + validate ---------------------------------------------------
+    os.makedirs(opts.out_dir, exist_ok=True)
+    fpath = os.path.join(opts.out_dir, "features.json")
+    mpath = os.path.join(opts.out_dir, "models.json")
+    ftext = dump_list("features", out_features)
+    mtext = dump_list("models", records)
+    validate(ftext, mtext)
+    for path, text in ((fpath, ftext), (mpath, mtext)):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+
+    log("wrote %s (%d features)" % (fpath, len(out_features)))
+    log("wrote %s (%d models)" % (mpath, len(records)))
+    log("vme source: %s" % report["vme_source"])
+    log("multi-bit libvirt features: %s" % (", ".join(multi_bit) or "none"))
+    log("alias collisions dropped: %s"
+        % ("; ".join(report["alias_collisions"]) or "none"))
+    log("QEMU features without a libvirt name (%d): %s"
+        % (len(unmapped_qemu), " ".join(unmapped_qemu)))
+    if report["unprobed"]:
+        log("QEMU properties that could not be probed: %s"
+            % " ".join(report["unprobed"]))
+    for x in report.get("extra_bits", []):
+        log("note: QEMU property %s" % x)
+    log("EPYC-Genoa features dropped (no libvirt name): %s"
+        % (" ".join(genoa_dropped) or "none"))
+    log("libvirt cpu_map models not offered by QEMU %s: %s"
+        % (qemu_ver, " ".join(report["libvirt_only_models"]) or "none"))
+    log("differences from libvirt's model definitions (QEMU vs libvirt):")
+    for d in lv_diffs:
+        log("  " + d)
+    return 0
+
+
+def validate(ftext, mtext):
+    errors = []
+    fdata = json.loads(ftext)
+    mdata = json.loads(mtext)
+    names = [f["name"] for f in fdata["features"]]
+    if len(set(names)) != len(names):
+        errors.append("duplicate feature names")
+    seen = {}
+    for f in fdata["features"]:
+        locs = f.get("bits", [f])
+        for b in locs:
+            if not 0 <= b["bit"] <= 31:
+                errors.append("%s: bit out of range" % f["name"])
+            if b["register"] not in REGS:
+                errors.append("%s: bad register" % f["name"])
+            if ("msr" in b) == ("cpuid" in b):
+                errors.append("%s: needs exactly one of cpuid/msr" % f["name"])
+            if "msr" in b and b["register"] not in ("eax", "edx"):
+                errors.append("%s: MSR register must be eax/edx" % f["name"])
+            for key in ("cpuid", "msr"):
+                if key in b and not re.fullmatch(r"0x[0-9a-f]{8}", b[key]):
+                    errors.append("%s: bad %s" % (f["name"], key))
+        for a in f.get("aliases", []) + [f["name"]]:
+            if a in seen and seen[a] != f["name"]:
+                errors.append("spelling %s used by %s and %s"
+                              % (a, seen[a], f["name"]))
+            seen[a] = f["name"]
+    order = {n: i for i, n in enumerate(names)}
+    mnames = set()
+    for m in mdata["models"]:
+        for n in [m["name"]] + m["aliases"]:
+            if n in mnames:
+                errors.append("duplicate model name/alias %s" % n)
+            mnames.add(n)
+        for k in ("family", "model", "stepping"):
+            if not isinstance(m[k], int):
+                errors.append("%s: %s not an integer" % (m["name"], k))
+        if m["vendor"] not in ("Intel", "AMD", "Hygon", None):
+            errors.append("%s: bad vendor %r" % (m["name"], m["vendor"]))
+        for feat in m["features"]:
+            if feat not in order:
+                errors.append("%s: unknown feature %s" % (m["name"], feat))
+        idx = [order.get(x, -1) for x in m["features"]]
+        if idx != sorted(set(idx)):
+            errors.append("%s: features not in features.json order"
+                          % m["name"])
+    if errors:
+        raise SystemExit("validation failed:\n  " + "\n  ".join(errors))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
