@@ -144,9 +144,12 @@ memtouch)
     mount -t tmpfs -o size=$((DIRTY_MB + 1))m tmpfs /mnt/dirty
     say "memtouch dirty_mb=$DIRTY_MB"
     (
+        pass=0
         while :; do
             dd if=/dev/urandom of=/mnt/dirty/buf bs=1M count="$DIRTY_MB" \
                 conv=notrunc 2>/dev/null
+            pass=$((pass + 1))
+            say "memtouch pass $pass"
         done
     ) &
     counter

@@ -18,6 +18,7 @@ libxml2-dev
 libvirt0
 libvirt-clients
 libvirt-daemon-system
+libvirt-daemon-driver-qemu
 socat
 ca-certificates
 "
