@@ -20,7 +20,7 @@ extension CPUMap {
         if vm.vendor != nil && destination.vendor != nil && vm.vendor != destination.vendor {
             return MigrationVerdict(
                 allowed: false, missing: [],
-                reason: "the VM has a \(vm.vendor ?? "") processor and the destination is \(destination.vendor ?? ""): "
+                reason: "the VM's processor is \(vm.vendor ?? "") and the destination's is \(destination.vendor ?? ""): "
                     + "moving between vendors is never allowed")
         }
         let missing = vm.features.subtracting(destination.features)

@@ -1,0 +1,7 @@
+#!/bin/sh
+# Install what Tern needs and run the whole test suite.
+set -eu
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+swift build --build-tests 2>&1 | tail -n 1
+swift test --skip-build 2>&1
