@@ -30,5 +30,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TernCPUTests", dependencies: ["TernCPU"], resources: [.copy("Fixtures")]),
+        // Runs the built `tern` as a user would.
+        .testTarget(name: "TernCLITests", dependencies: ["tern"]),
     ]
 )

@@ -6,10 +6,14 @@ Writes two JSON resources loaded by the TernCPU module:
   Sources/TernCPU/Resources/features.json
       One entry per x86 feature defined by libvirt's installed
       x86_features.xml (default /usr/share/libvirt/cpu_map), in libvirt's
-      order, with the CPUID leaf/subleaf/register/bit (or MSR index/half/bit)
-      taken from that file, libvirt's migratable='no' flag, QEMU's property
-      name when it differs, the Linux /proc/cpuinfo flag when it differs, and
-      a list of alternative spellings ("aliases").
+      order, followed by the features newer libvirt releases define and the
+      installed one lacks (NEWER_LIBVIRT_FEATURES below, transcribed from
+      libvirt 11.x: CPUID 0x7.1/0x7.2/0x24/0x80000021 bits, the newer
+      IA32_ARCH_CAPABILITIES bits, the vmx-* VMX capability MSR features,
+      ...).  Each entry has the CPUID leaf/subleaf/register/bit (or MSR
+      index/half/bit), libvirt's migratable='no' flag, QEMU's property name
+      when it differs, the Linux /proc/cpuinfo flag when it differs, and a
+      list of alternative spellings ("aliases").
 
   Sources/TernCPU/Resources/models.json
       Every CPU model and model version QEMU offers (query-cpu-definitions),
@@ -17,12 +21,16 @@ Writes two JSON resources loaded by the TernCPU module:
       for Haswell-v2), with vendor/family/model/stepping and the list of
       features (canonical libvirt names) each model enables, read through
       QMP `query-cpu-model-expansion` (type "full", cross-checked against
-      "static").  EPYC-Genoa, which the installed QEMU may lack, is added
-      from a transcription of QEMU 8.1's definition (see EPYC_GENOA below).
+      "static"), plus models and versions the installed QEMU lacks
+      (SapphireRapids, GraniteRapids, EPYC-Genoa, EPYC-Milan-v2,
+      EPYC-Rome-v3/v4, the removed Icelake-Client), hand-transcribed from
+      QEMU's target/i386/cpu.c (see HAND_MODELS below).  Features living in
+      the VMX capability MSRs are left out of model feature lists (see
+      MODEL_EXCLUDE_VMX_MSR_FEATURES).
 
 Facts and where they come from:
   * bit positions, canonical names, migratability, libvirt aliases:
-    libvirt's x86_features.xml;
+    libvirt's x86_features.xml, then NEWER_LIBVIRT_FEATURES;
   * libvirt model names and vendors: libvirt's x86_<Model>.xml files;
   * QEMU property name -> bit: found by starting QEMU (TCG, -S, microvm) with
     `-cpu base,<prop>=on` for every boolean CPU property and reading the CPU's
@@ -982,6 +990,12 @@ def generate(opts, qemu, tmpdir, report):
     def family_of(vname):
         return re.sub(r"-v\d+$", "", vname)
 
+    excluded = set(MODEL_EXCLUDED_FEATURES)
+    if MODEL_EXCLUDE_VMX_MSR_FEATURES:
+        excluded |= {f["name"] for f in lv_features
+                     if all(b["kind"] == "msr" and b["msr"] in VMX_MSR_RANGE
+                            for b in f["bits"])}
+
     def model_features(props, vname):
         feats = set()
         for p in qemu_canonical:
@@ -991,7 +1005,7 @@ def generate(opts, qemu, tmpdir, report):
                 feats.add(qemu_to_lv[p])
         if vme[vname]:
             feats.add("vme")
-        feats -= MODEL_EXCLUDED_FEATURES
+        feats -= excluded
         return sorted(feats, key=feature_order.__getitem__)
 
     def vendor_for(fam, qemu_vendor):
@@ -1038,37 +1052,72 @@ def generate(opts, qemu, tmpdir, report):
                 "stepping": props["stepping"],
                 "source": src,
                 "features": model_features(props, vname),
+                "_qname": vname,
             })
     if mismatches:
         raise SystemExit("full/static expansion disagree: %s" % mismatches)
 
-    # EPYC-Genoa
-    genoa_dropped = []
-    if not any(r["name"] == EPYC_GENOA["name"] for r in records):
-        feats = set()
-        for p in EPYC_GENOA["qemu_features"]:
-            lv = qemu_to_lv.get(p) or (p if p in lv_by_name else None)
-            if lv is None:
-                genoa_dropped.append(p)
-            else:
-                feats.add(lv)
-        feats -= MODEL_EXCLUDED_FEATURES
-        milan = next(r for r in records if r["name"] == "EPYC-Milan")
-        missing = set(milan["features"]) - feats
-        missing_v2 = [p for p in EPYC_GENOA["milan_v2_additions"]
-                      if p not in EPYC_GENOA["qemu_features"]]
-        if missing or missing_v2:
-            raise SystemExit("EPYC-Genoa lacks EPYC-Milan features: %s %s"
-                             % (sorted(missing), missing_v2))
-        genoa = {k: EPYC_GENOA[k] for k in ("name", "aliases", "vendor",
-                                            "family", "model", "stepping",
-                                            "source")}
-        genoa["features"] = sorted(feats, key=feature_order.__getitem__)
-        # after the last EPYC model
-        idx = max(i for i, r in enumerate(records)
-                  if r["source"].split()[-1].startswith("EPYC"))
-        records.insert(idx + 1, genoa)
-    report["genoa_dropped"] = genoa_dropped
+    # --- hand-transcribed models (HAND_MODELS) ---------------------------
+    # QEMU property name -> libvirt name, for properties the installed QEMU
+    # may not have (features added by NEWER_LIBVIRT_FEATURES).
+    newer_qemu_to_lv = {q: n for n, q in NEWER_QEMU_NAMES.items()}
+
+    def lv_name(prop, model):
+        for cand in (prop, prop.replace("_", "-")):
+            if cand in qemu_to_lv:
+                return qemu_to_lv[cand]
+            if cand in newer_qemu_to_lv:
+                return newer_qemu_to_lv[cand]
+            if cand in lv_by_name:
+                return cand
+        raise SystemExit("%s: QEMU property %s has no feature name"
+                         % (model, prop))
+
+    by_name = {r["name"]: r for r in records}
+    hand_added = []
+    for hm in HAND_MODELS:
+        if hm["name"] in by_name or hm["qemu_name"] in full:
+            continue
+        if family_of(hm["qemu_name"]) not in order:
+            raise SystemExit("%s: family not in the ordering tables"
+                             % hm["name"])
+        if "base" in hm:
+            base = by_name[hm["base"]]
+            rec = {k: base[k] for k in ("vendor", "family", "model",
+                                        "stepping")}
+            feats = set(base["features"])
+        else:
+            rec = {k: hm[k] for k in ("vendor", "family", "model",
+                                      "stepping")}
+            feats = {lv_name(p, hm["name"]) for p in hm["qemu_features"]}
+        feats |= {lv_name(p, hm["name"]) for p in hm.get("on", [])}
+        feats -= {lv_name(p, hm["name"]) for p in hm.get("off", [])}
+        feats -= excluded
+        for k in ("family", "model", "stepping"):
+            if k in hm and "base" in hm:
+                rec[k] = hm[k]
+        if "superset_of" in hm:
+            missing = set(by_name[hm["superset_of"]]["features"]) - feats
+            if missing:
+                raise SystemExit("%s lacks %s features: %s"
+                                 % (hm["name"], hm["superset_of"],
+                                    sorted(missing)))
+        r = {"name": hm["name"], "aliases": list(hm["aliases"])}
+        r.update(rec)
+        r["source"] = hm["source"]
+        r["features"] = sorted(feats, key=feature_order.__getitem__)
+        r["_qname"] = hm["qemu_name"]
+        records.append(r)
+        by_name[r["name"]] = r
+        hand_added.append(r["name"])
+    report["hand_models"] = hand_added
+
+    # order: model family (ordering tables, unknown families last), version
+    fam_rank = {f: i for i, f in enumerate(order + unknown)}
+    records.sort(key=lambda r: (fam_rank[family_of(r["_qname"])],
+                                vkey(r["_qname"])))
+    for r in records:
+        del r["_qname"]
 
     # --- informational: differences from libvirt's own model definitions ---
     lv_diffs = []
@@ -1114,8 +1163,16 @@ def generate(opts, qemu, tmpdir, report):
             % " ".join(report["unprobed"]))
     for x in report.get("extra_bits", []):
         log("note: QEMU property %s" % x)
-    log("EPYC-Genoa features dropped (no libvirt name): %s"
-        % (" ".join(genoa_dropped) or "none"))
+    log("features appended from %s (%d, after the installed %d): %s"
+        % (NEWER_LIBVIRT_SOURCE, len(report["newer_features"]),
+           installed_count, " ".join(report["newer_features"]) or "none"))
+    confirmed = [n for n in report["newer_features"] if n in lv_qemu_props]
+    log("of those, bit positions confirmed by probing QEMU %s (%d): %s"
+        % (qemu_ver, len(confirmed), " ".join(confirmed) or "none"))
+    log("hand-transcribed models added: %s"
+        % (" ".join(report["hand_models"]) or "none"))
+    if MODEL_EXCLUDE_VMX_MSR_FEATURES:
+        log("VMX capability MSR features left out of model feature lists")
     log("libvirt cpu_map models not offered by QEMU %s: %s"
         % (qemu_ver, " ".join(report["libvirt_only_models"]) or "none"))
     log("differences from libvirt's model definitions (QEMU vs libvirt):")

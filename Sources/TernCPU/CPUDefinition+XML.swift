@@ -18,15 +18,25 @@ extension CPUDefinition {
     /// under any root, or whole capabilities / domain XML documents — what `virsh cpu-baseline`
     /// accepts.
     public static func all(xml: String, source: String = "<input>") throws(CPUError) -> [CPUDefinition] {
-        // Allow several top-level <cpu> elements, as virsh does, by wrapping the text in one
-        // root. XML declarations are blanked out (not removed) so line and column numbers in
-        // errors still point into the user's file.
-        var text = xml
-        while let start = text.range(of: "<?xml"), let end = text.range(of: "?>", range: start.upperBound..<text.endIndex) {
-            let width = text.distance(from: start.lowerBound, to: end.upperBound)
-            text.replaceSubrange(start.lowerBound..<end.upperBound, with: String(repeating: " ", count: width))
+        // Several top-level <cpu> elements are allowed, as virsh allows them: when the text has
+        // more than one root, it is read again wrapped in one. XML declarations are blanked out
+        // (not removed) so line and column numbers still point into the user's file.
+        let root: XMLNode
+        do {
+            root = try XMLNode.parse(xml, source: source)
+        } catch let error {
+            guard case .malformedXML(_, _, _, let message) = error,
+                message == XMLNode.extraContentMessage || message == "more than one root element"
+            else { throw error }
+            var text = xml
+            while let start = text.range(of: "<?xml"),
+                let end = text.range(of: "?>", range: start.upperBound..<text.endIndex)
+            {
+                let width = text.distance(from: start.lowerBound, to: end.upperBound)
+                text.replaceSubrange(start.lowerBound..<end.upperBound, with: String(repeating: " ", count: width))
+            }
+            root = try XMLNode.parse("<tern-cpus>" + text + "</tern-cpus>", source: source)
         }
-        let root = try XMLNode.parse("<tern-cpus>" + text + "</tern-cpus>", source: source)
         var result: [CPUDefinition] = []
         for element in cpuElements(in: root) { result.append(try CPUDefinition(element: element, source: source)) }
         if result.isEmpty { throw .invalidXML(source: source, message: "no <cpu> element found") }

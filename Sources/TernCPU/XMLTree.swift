@@ -20,16 +20,28 @@ struct XMLNode: Sendable {
         let parser = XMLParser(data: data)
         parser.delegate = builder
         parser.shouldProcessNamespaces = false
-        let ok = parser.parse()
-        guard ok, let root = builder.root else {
-            let message = builder.failure
-                ?? parser.parserError.map { describeParserError($0) }
-                ?? "no root element"
-            throw .malformedXML(
-                source: source, line: max(parser.lineNumber, 1), column: max(parser.columnNumber, 1), message: message)
+        let ok = parser.parse() && parser.parserError == nil
+        if ok, builder.stack.isEmpty, let root = builder.root { return root }
+        let message: String
+        if let failure = builder.failure {
+            message = failure
+        } else if builder.root != nil && builder.stack.isEmpty {
+            message = extraContentMessage
+        } else if ok, let open = builder.stack.last {
+            message = "the document ended before <\(open.name)> (line \(open.line)) was closed"
+        } else if ok || data.allSatisfy({ $0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09 }) {
+            message = "the document is empty"
+        } else if let open = builder.stack.last {
+            message = "not well-formed inside <\(open.name)> (opened at line \(open.line))"
+        } else {
+            message = "not well-formed"
         }
-        return root
+        throw .malformedXML(
+            source: source, line: max(parser.lineNumber, 1), column: max(parser.columnNumber, 1), message: message)
     }
+
+    /// The message for text after the root element closed (several roots).
+    static let extraContentMessage = "extra content after the root element"
 
     static func parse(_ text: String, source: String) throws(CPUError) -> XMLNode {
         try parse(Data(text.utf8), source: source)
@@ -48,18 +60,6 @@ struct XMLNode: Sendable {
         for child in children { result += child.descendants(named: name) }
         return result
     }
-}
-
-private func describeParserError(_ error: any Error) -> String {
-    let code = (error as NSError).code
-    let known: [Int: String] = [
-        4: "document is empty", 5: "document ended before the root element was closed",
-        9: "invalid character", 23: "expected '>'", 26: "undeclared entity", 38: "attribute value not quoted",
-        39: "attribute redefined", 41: "attributes must be quoted",
-        65: "expected a name", 68: "invalid name", 73: "expected '>'", 76: "mismatched end tag",
-        111: "extra content at the end of the document",
-    ]
-    return known[code] ?? "parser error \(code)"
 }
 
 private final class TreeBuilder: NSObject, XMLParserDelegate {

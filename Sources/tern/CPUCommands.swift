@@ -119,11 +119,21 @@ struct CPUBaseline: ParsableCommand {
     @Flag(help: "List every feature, the model's own included.") var features = false
     @Flag(help: "Leave out features that cannot be migrated (invtsc …).") var migratable = false
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: .hidden) var timing = false
 
     func run() throws {
+        let clock = ContinuousClock()
+        let start = clock.now
         let cpuMap = try map.load()
+        let loaded = clock.now
         let cpus = try CPUDefinition.all(xml: readInput(file), source: file)
+        let parsed = clock.now
         let baseline = try cpuMap.baseline(cpus, expandFeatures: features, migratable: migratable)
+        if timing {
+            let done = clock.now
+            printError(
+                "timing: hosts=\(cpus.count) map=\(ms(loaded - start)) parse=\(ms(parsed - loaded)) baseline=\(ms(done - parsed))")
+        }
         if json {
             let resolved = try cpuMap.resolve(baseline)
             try printJSON(
@@ -240,4 +250,10 @@ struct FeatureJSON: Encodable {
     var qemu: String?
     var linux: String?
     var migratable: Bool
+}
+
+/// A duration in milliseconds with two decimals, e.g. "12.34ms".
+func ms(_ duration: Duration) -> String {
+    let value = Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
+    return String(format: "%.2fms", value)
 }

@@ -1,0 +1,131 @@
+import Foundation
+import Testing
+
+/// Runs the built `tern` binary as a user would and checks its output and exit status.
+struct TernRun {
+    var status: Int32
+    var out: String
+    var err: String
+}
+
+/// The package root (two levels above this file's directory).
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+func tern(_ arguments: String..., stdin: String? = nil) throws -> TernRun {
+    let binary = packageRoot.appendingPathComponent(".build/debug/tern")
+    let process = Process()
+    process.executableURL = binary
+    process.arguments = arguments
+    process.currentDirectoryURL = packageRoot
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try input.fileHandleForWriting.close()
+    let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return TernRun(status: process.terminationStatus, out: output, err: error)
+}
+
+let dumps = "Tests/TernCPUTests/Fixtures/cpuid-dumps"
+let malformed = "Tests/TernCPUTests/Fixtures/malformed"
+
+@Suite struct TernCLITests {
+    @Test func capabilitiesDescribeARecordedHost() throws {
+        let run = try tern("capabilities", "--host", "\(dumps)/Xeon-Gold-6148.xml")
+        #expect(run.status == 0)
+        #expect(run.out.contains("<arch>x86_64</arch>"))
+        #expect(run.out.contains("<model>Skylake-Server</model>"))
+        #expect(run.out.contains("<signature family='6' model='85' stepping='4'/>"))
+        #expect(run.out.contains("<domain type='qemu'/>"))
+    }
+
+    @Test func capabilitiesOfThisHostParseBackAsACPU() throws {
+        let run = try tern("capabilities", "--json")
+        #expect(run.status == 0)
+        #expect(run.out.contains("\"accelerator\""))
+    }
+
+    @Test func compareSaysSupersetAndIncompatibleWithReasons() throws {
+        let superset = try tern("cpu-compare", "-", "--host", "\(dumps)/Xeon-Gold-6148.xml", stdin: "<cpu><model>Haswell-noTSX</model></cpu>")
+        #expect(superset.status == 0)
+        #expect(superset.out == "Host CPU is a superset of CPU described in -\n")
+        let incompatible = try tern(
+            "cpu-compare", "-", "--host", "\(dumps)/Core-i7-2600.xml", "--error", stdin: "<cpu><model>Haswell-noTSX</model></cpu>")
+        #expect(incompatible.status == 1)
+        #expect(incompatible.out.contains("incompatible"))
+        #expect(incompatible.out.contains("Host CPU does not provide required features: fma, movbe"))
+    }
+
+    @Test func baselineOfTwoDumpsWithLibvirtsMapMatchesVirsh() throws {
+        let caps1 = try tern("capabilities", "--host", "\(dumps)/EPYC-7601-32-Core.xml", "--cpu-map", "/usr/share/libvirt/cpu_map")
+        let caps2 = try tern("capabilities", "--host", "\(dumps)/EPYC-7502-32-Core.xml", "--cpu-map", "/usr/share/libvirt/cpu_map")
+        let both = caps1.out + caps2.out
+        let run = try tern("cpu-baseline", "-", "--cpu-map", "/usr/share/libvirt/cpu_map", stdin: both)
+        #expect(run.status == 0, "\(run.err)")
+        #expect(run.out.hasPrefix("<cpu mode='custom' match='exact'>\n  <model fallback='allow'>EPYC</model>\n  <vendor>AMD</vendor>\n"))
+    }
+
+    @Test func malformedXMLGivesLineAndColumn() throws {
+        let run = try tern("cpu-baseline", "\(malformed)/unclosed-feature.xml")
+        #expect(run.status != 0)
+        #expect(run.err.contains("unclosed-feature.xml:4:"))
+        #expect(run.err.contains("malformed XML"))
+    }
+
+    @Test func unknownNamesSuggestCloseOnes() throws {
+        let model = try tern("cpuid", "--cpu", "Haswel-noTSX")
+        #expect(model.status != 0)
+        #expect(model.err.contains("unknown CPU model 'Haswel-noTSX'; did you mean 'Haswell-noTSX'"))
+        let feature = try tern("cpuid", "--cpu", "Haswell-noTSX,-avx3")
+        #expect(feature.status != 0)
+        #expect(feature.err.contains("unknown CPU feature 'avx3'"))
+    }
+
+    @Test func emptyPoolAndMixedVendorsAreRefused() throws {
+        let empty = try tern("cpu-baseline", "-", stdin: "<cpus/>")
+        #expect(empty.status != 0)
+        #expect(empty.err.contains("no <cpu> element"))
+        let mixed = try tern(
+            "cpu-baseline", "-",
+            stdin: "<cpu><arch>x86_64</arch><model>EPYC</model><vendor>AMD</vendor></cpu><cpu><arch>x86_64</arch><model>Haswell</model><vendor>Intel</vendor></cpu>")
+        #expect(mixed.status != 0)
+        #expect(mixed.err.contains("CPU vendors differ (AMD, Intel)"))
+    }
+
+    @Test func cpuidInCompatibilityModeShowsAnEightByteCLFLUSHLine() throws {
+        let run = try tern("cpuid", "--host", "\(dumps)/Xeon-Gold-6148.xml", "--compat", "--json")
+        #expect(run.status == 0)
+        #expect(run.out.contains("\"clflushLineSize\" : 8"))
+        #expect(!run.out.contains("\"avx\""))
+        #expect(!run.out.contains("\"ssse3\""))
+    }
+
+    @Test func migrateCheckExplainsRefusals() throws {
+        let run = try tern(
+            "migrate-check", "--host", "\(dumps)/Xeon-Gold-6148.xml", "\(dumps)/Ice-Lake-Server.xml", "\(dumps)/Core-i7-2600.xml",
+            "\(dumps)/EPYC-7502-32-Core.xml")
+        #expect(run.status == 0)
+        let lines = run.out.split(separator: "\n")
+        #expect(lines.contains { $0.contains("can move") && $0.contains("Ice-Lake-Server") })
+        #expect(lines.contains { $0.contains("refused") && $0.contains("Core-i7-2600") && $0.contains("avx512f") })
+        #expect(lines.contains { $0.contains("refused") && $0.contains("EPYC-7502") && $0.contains("vendors") })
+    }
+
+    @Test func helpNamesTheVirshCommands() throws {
+        let run = try tern("--help")
+        for command in ["capabilities", "domcapabilities", "cpu-compare", "cpu-baseline", "cpu-models", "cpu-features", "cpuid", "migrate-check"] {
+            #expect(run.out.contains(command), "\(command)")
+        }
+    }
+
+    @Test func chooseOneGuestCPUMode() throws {
+        let run = try tern("cpuid", "--compat", "--cpu", "qemu64")
+        #expect(run.status != 0)
+        #expect(run.err.contains("choose one of --cpu, --compat and --pool"))
+    }
+}
