@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
     ],
     targets: [
         // C shim: the CPUID instruction and any host call Swift cannot import.
@@ -20,12 +21,24 @@ let package = Package(
             name: "TernCPU",
             resources: [.copy("Resources/features.json"), .copy("Resources/models.json")]
         ),
+        // Protocols for what Tern needs from any hypervisor, with Tern's own value types.
+        .target(name: "TernHypervisor", dependencies: ["TernCPU"]),
+        // The QEMU backend: accelerator detection, command line, QMP client, guest CPU translation.
+        .target(
+            name: "TernQEMU",
+            dependencies: [
+                "TernCPU", "TernHypervisor",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         // One host: its capabilities (real CPU or a recorded one standing in for it).
-        .target(name: "TernHost", dependencies: ["TernCPU", "CTernHost"]),
+        .target(name: "TernHost", dependencies: ["TernCPU", "TernHypervisor", "CTernHost"]),
         .executableTarget(
             name: "tern",
             dependencies: [
-                "TernCPU", "TernHost",
+                "TernCPU", "TernHost", "TernHypervisor", "TernQEMU",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

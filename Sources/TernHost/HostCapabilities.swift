@@ -1,20 +1,10 @@
 import Foundation
 import TernCPU
+import TernHypervisor
 
 /// What this host is and can offer a guest: its CPU (real, or a recorded processor standing in
 /// for it), its topology, and the accelerator it can run guests with.
 public struct HostCapabilities: Sendable {
-    /// The accelerator QEMU can use here.
-    public enum Accelerator: String, Sendable {
-        /// Hardware virtualization through KVM (libvirt domain type `kvm`).
-        case kvm
-        /// QEMU's own CPU emulator (libvirt domain type `qemu`).
-        case tcg
-
-        /// libvirt's domain type for this accelerator.
-        public var domainType: String { self == .kvm ? "kvm" : "qemu" }
-    }
-
     public var map: CPUMap
     public var host: HostDescription
     public var accelerator: Accelerator
@@ -22,35 +12,41 @@ public struct HostCapabilities: Sendable {
     public var acceleratorReason: String
     public var topology: CPUDefinition.Topology
 
+    /// What guests may get here: the hypervisor's offer limited to the host CPU (or to the
+    /// recorded CPU standing in for it), with the host's vendor and signature. Nil until a
+    /// hypervisor has been asked (CPU-only commands do not start one).
+    public var guestOffer: ResolvedCPU?
+
     /// Reads this host, or a recorded processor from `hostCPUFile` standing in for it.
-    public static func probe(map: CPUMap, hostCPUFile: String?) throws -> HostCapabilities {
+    public static func probe(
+        map: CPUMap, hostCPUFile: String?, accelerator: Accelerator, acceleratorReason: String
+    ) throws -> HostCapabilities {
         let host: HostDescription
         if let hostCPUFile {
-            let text = try String(contentsOfFile: hostCPUFile, encoding: .utf8)
+            let text: String
+            do {
+                text = try String(contentsOfFile: hostCPUFile, encoding: .utf8)
+            } catch {
+                throw HostError.unreadableFile(path: hostCPUFile, reason: error.localizedDescription)
+            }
             host = try map.hostDescription(xml: text, source: hostCPUFile)
         } else {
             let table = HostCPU.readCPUID()
             host = HostDescription(cpu: map.resolve(table: table), table: table, definition: nil, source: "this host")
         }
-        let (accelerator, reason) = detectAccelerator()
         return HostCapabilities(
-            map: map, host: host, accelerator: accelerator, acceleratorReason: reason, topology: readTopology())
+            map: map, host: host, accelerator: accelerator, acceleratorReason: acceleratorReason, topology: readTopology())
     }
 
-    /// Hardware KVM only when the processor really has VT-x or AMD-V and `/dev/kvm` is a
-    /// hardware KVM module; a software KVM (kvm_pvm) cannot run an unmodified guest.
-    public static func detectAccelerator() -> (Accelerator, String) {
-        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        let flags = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }.map { Set($0.split(separator: " ")) } ?? []
-        let hasVT = flags.contains("vmx") || flags.contains("svm")
-        guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
-            return (.tcg, "no /dev/kvm: guests run on QEMU's TCG emulator")
+    /// Limits the hypervisor's offer to this host's CPU and records it as ``guestOffer``.
+    ///
+    /// The CPUID "hypervisor present" bit is kept even though no physical processor reports it.
+    public mutating func limit(hypervisorOffer: ResolvedCPU) {
+        var features = hypervisorOffer.features.intersection(host.cpu.features)
+        if let bit = map.registry.feature(named: "hypervisor"), hypervisorOffer.features.contains(bit) {
+            features.insert(bit)
         }
-        let modules = (try? String(contentsOfFile: "/proc/modules", encoding: .utf8)) ?? ""
-        if modules.contains("kvm_pvm") || !hasVT {
-            return (.tcg, "/dev/kvm is not hardware KVM (no vmx/svm in /proc/cpuinfo): guests run on QEMU's TCG emulator")
-        }
-        return (.kvm, "VT-x/AMD-V present and /dev/kvm available: guests run on KVM")
+        guestOffer = ResolvedCPU(vendor: host.cpu.vendor, signature: host.cpu.signature, features: features)
     }
 
     static func readTopology() -> CPUDefinition.Topology {

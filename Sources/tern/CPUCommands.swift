@@ -12,7 +12,7 @@ struct Capabilities: ParsableCommand {
     @Flag(help: "Print JSON instead of XML.") var json = false
 
     func run() throws {
-        let caps = try HostCapabilities.probe(map: map.load(), hostCPUFile: host.hostFile)
+        let caps = try host.capabilities(map: map.load())
         if json {
             let cpu = try caps.hostCPUDefinition()
             try printJSON(
@@ -49,7 +49,7 @@ struct DomCapabilities: ParsableCommand {
     @OptionGroup var host: HostOptions
 
     func run() throws {
-        let caps = try HostCapabilities.probe(map: map.load(), hostCPUFile: host.hostFile)
+        let caps = try host.capabilities(map: map.load())
         print(try DomainCapabilities(caps).xml(), terminator: "")
     }
 }
@@ -73,7 +73,7 @@ struct CPUCompare: ParsableCommand {
 
     func run() throws {
         let cpuMap = try map.load()
-        let caps = try HostCapabilities.probe(map: cpuMap, hostCPUFile: host.hostFile)
+        let caps = try host.capabilities(map: cpuMap)
         let cpu = try CPUDefinition(xml: readInput(file), source: file)
         let result = try cpuMap.compare(host: caps.host.cpu, cpu: cpu)
         if json {

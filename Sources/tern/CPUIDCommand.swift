@@ -20,7 +20,7 @@ struct CPUIDCommand: ParsableCommand {
 
     func run() throws {
         let cpuMap = try map.load()
-        let caps = try HostCapabilities.probe(map: cpuMap, hostCPUFile: host.hostFile)
+        let caps = try host.capabilities(map: cpuMap)
         let cpu = try cpuMap.guestCPU(guest.config(map: cpuMap), host: caps.host.cpu)
         let table = cpuMap.cpuidTable(for: cpu, host: caps.host.table)
         let names = cpuMap.registry.names(of: cpu.features)
@@ -91,7 +91,7 @@ struct MigrateCheck: ParsableCommand {
 
     func run() throws {
         let cpuMap = try map.load()
-        let caps = try HostCapabilities.probe(map: cpuMap, hostCPUFile: host.hostFile)
+        let caps = try host.capabilities(map: cpuMap)
         let vm = try cpuMap.guestCPU(guest.config(map: cpuMap), host: caps.host.cpu)
         var rows: [MigrateCheckJSON.Row] = []
         for file in destinations {

@@ -1,15 +1,17 @@
 import ArgumentParser
 import Foundation
 import TernCPU
+import TernHost
+import TernQEMU
 
 @main
-struct Tern: ParsableCommand {
+struct Tern: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tern",
         abstract: "Run VMs whose processor Tern controls, and move them between hosts that differ.",
         subcommands: [
             Capabilities.self, DomCapabilities.self, CPUCompare.self, CPUBaseline.self, CPUModels.self,
-            CPUFeatures.self, CPUIDCommand.self, MigrateCheck.self,
+            CPUFeatures.self, CPUIDCommand.self, MigrateCheck.self, Run.self,
         ])
 }
 
@@ -35,6 +37,28 @@ struct HostOptions: ParsableArguments {
             "Describe this host with a recorded CPU instead of the real one: a <cpudata> dump, a <cpu> description or capabilities XML.",
             valueName: "file"))
     var hostFile: String?
+
+    /// This host's capabilities (its CPU, or the recorded one), without starting QEMU.
+    func capabilities(map: CPUMap) throws -> HostCapabilities {
+        let (accelerator, reason) = QEMUAccelerator.detect()
+        return try HostCapabilities.probe(map: map, hostCPUFile: hostFile, accelerator: accelerator, acceleratorReason: reason)
+    }
+
+    /// This host's capabilities with QEMU's offer for guests (QEMU is probed once and cached).
+    func capabilitiesWithHypervisor(map: CPUMap) async throws -> (HostCapabilities, QEMUHypervisor) {
+        let hypervisor = try await QEMUHypervisor.detect(map: map, cacheDirectory: cacheDirectory)
+        var caps = try HostCapabilities.probe(
+            map: map, hostCPUFile: hostFile, accelerator: hypervisor.accelerator, acceleratorReason: hypervisor.acceleratorReason)
+        caps.limit(hypervisorOffer: try await hypervisor.hostOffer())
+        return (caps, hypervisor)
+    }
+}
+
+/// Where Tern caches what it learned from probing QEMU.
+var cacheDirectory: URL {
+    let environment = ProcessInfo.processInfo.environment
+    if let cache = environment["XDG_CACHE_HOME"] { return URL(fileURLWithPath: cache).appendingPathComponent("tern") }
+    return URL(fileURLWithPath: environment["HOME"] ?? NSTemporaryDirectory()).appendingPathComponent(".cache/tern")
 }
 
 /// Reads a file (or standard input for "-") as UTF-8 text.

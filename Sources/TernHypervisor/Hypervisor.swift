@@ -1,0 +1,117 @@
+import Foundation
+import TernCPU
+
+/// What Tern needs from any hypervisor: what this host can offer a guest, and running VMs.
+///
+/// Nothing above a backend sees its wire protocol or command-line flags: the QEMU backend
+/// (`TernQEMU`) implements this with QMP and QEMU's options; a native KVM backend could too.
+public protocol Hypervisor: Sendable {
+    /// The accelerator guests run with here, and why it was chosen.
+    var accelerator: Accelerator { get }
+
+    /// What this host can give a guest: the features the accelerator can present, limited to
+    /// what the host is configured to offer.
+    func hostOffer() async throws -> ResolvedCPU
+
+    /// Starts a VM. Refuses before anything runs if the guest CPU cannot be honoured.
+    func start(_ configuration: VMConfiguration, files: VMFiles) async throws -> any VirtualMachineInstance
+
+    /// Reattaches to a VM started earlier (by a previous daemon), or fails if it is gone.
+    func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance
+}
+
+/// One running VM.
+public protocol VirtualMachineInstance: Sendable {
+    var name: String { get }
+    /// The hypervisor process.
+    var pid: Int32 { get }
+
+    /// The VM's run state as the hypervisor reports it.
+    func runState() async throws -> VMRunState
+    /// Stops the vCPUs (libvirt's suspend).
+    func pause() async throws
+    /// Restarts paused vCPUs.
+    func resume() async throws
+    /// Asks the guest to power off (ACPI power button).
+    func shutdown() async throws
+    /// Ends the VM at once.
+    func destroy() async throws
+    /// The features the guest was really given, read back from the running hypervisor.
+    func guestFeatures() async throws -> [String]
+    /// Waits until the VM's process has ended and says how.
+    func waitForExit() async -> VMExit
+}
+
+/// The accelerator a VM runs with.
+public enum Accelerator: String, Codable, Sendable {
+    /// Hardware virtualization through KVM (libvirt domain type `kvm`).
+    case kvm
+    /// QEMU's own CPU emulator (libvirt domain type `qemu`).
+    case tcg
+
+    /// libvirt's domain type for this accelerator.
+    public var domainType: String { self == .kvm ? "kvm" : "qemu" }
+}
+
+/// What a VM is made of: the hypervisor-independent part of its definition plus the guest CPU
+/// Tern computed for it.
+public struct VMConfiguration: Sendable, Equatable {
+    public var name: String
+    public var memoryMiB: Int
+    public var vcpus: Int
+    public var kernel: String?
+    public var initrd: String?
+    public var cmdline: String?
+    public var disk: String?
+    /// Exactly the CPU the guest must see.
+    public var cpu: GuestCPU
+
+    public init(
+        name: String, memoryMiB: Int, vcpus: Int, kernel: String?, initrd: String?, cmdline: String?, disk: String?,
+        cpu: GuestCPU
+    ) {
+        self.name = name
+        self.memoryMiB = memoryMiB
+        self.vcpus = vcpus
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.disk = disk
+        self.cpu = cpu
+    }
+}
+
+/// Where a VM's runtime files live.
+public struct VMFiles: Sendable, Equatable {
+    /// The directory holding them.
+    public var directory: URL
+    /// Everything the guest writes to its serial console.
+    public var consoleLog: URL { directory.appendingPathComponent("console.log") }
+    /// The console socket a user attaches to.
+    public var consoleSocket: URL { directory.appendingPathComponent("console.sock") }
+    /// The hypervisor's control socket.
+    public var controlSocket: URL { directory.appendingPathComponent("control.sock") }
+    /// The hypervisor's own messages (stderr).
+    public var hypervisorLog: URL { directory.appendingPathComponent("hypervisor.log") }
+    /// The hypervisor's process id.
+    public var pidFile: URL { directory.appendingPathComponent("pid") }
+
+    public init(directory: URL) { self.directory = directory }
+}
+
+/// libvirt's domain states, as far as Tern distinguishes them.
+public enum VMRunState: String, Codable, Sendable {
+    case running, paused, shutoff, crashed
+}
+
+/// How a VM's process ended.
+public enum VMExit: Sendable, Equatable {
+    /// The guest powered off.
+    case poweredOff
+    /// The guest kernel panicked.
+    case panicked
+    /// The VM was destroyed, or its process was killed.
+    case killed(signal: Int32)
+    /// The hypervisor failed; its message.
+    case failed(String)
+}

@@ -1,0 +1,155 @@
+import Foundation
+import NIOConcurrencyHelpers
+import TernCPU
+import TernHypervisor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The QEMU backend of ``Hypervisor``.
+public struct QEMUHypervisor: Hypervisor {
+    public let binary: String
+    public let accelerator: Accelerator
+    /// Why this accelerator was chosen.
+    public let acceleratorReason: String
+    public let capabilities: QEMUCapabilities
+    public let map: CPUMap
+
+    /// The smallest guest memory Tern accepts, in MiB (a Linux kernel with an initramfs needs
+    /// more than this to boot at all).
+    public static let minimumMemoryMiB = 64
+
+    /// Finds QEMU, chooses the accelerator and learns what QEMU offers under it.
+    ///
+    /// - Throws: ``HypervisorError/notInstalled(_:)`` when QEMU is missing.
+    public static func detect(map: CPUMap, binary: String? = nil, cacheDirectory: URL?) async throws -> QEMUHypervisor {
+        let path = binary ?? ProcessInfo.processInfo.environment["TERN_QEMU"] ?? "/usr/bin/qemu-system-x86_64"
+        guard FileManager.default.isExecutableFile(atPath: path) else { throw HypervisorError.notInstalled(path) }
+        let (accelerator, reason) = QEMUAccelerator.detect()
+        let capabilities = try await QEMUCapabilities.probe(binary: path, accelerator: accelerator, cacheDirectory: cacheDirectory)
+        return QEMUHypervisor(
+            binary: path, accelerator: accelerator, acceleratorReason: reason, capabilities: capabilities, map: map)
+    }
+
+    public func hostOffer() async throws -> ResolvedCPU {
+        var features = QEMUGuestCPU.offer(capabilities, map: map)
+        for name in QEMUGuestCPU.alwaysOn { if let feature = map.registry.feature(named: name) { features.insert(feature) } }
+        return ResolvedCPU(vendor: nil, features: features)
+    }
+
+    /// Checks a VM's definition before anything is started.
+    public func validate(_ configuration: VMConfiguration) throws {
+        if configuration.memoryMiB < Self.minimumMemoryMiB {
+            throw HypervisorError.invalidConfiguration(
+                "memory \(configuration.memoryMiB) MiB is too small (at least \(Self.minimumMemoryMiB) MiB)")
+        }
+        if !(1...255).contains(configuration.vcpus) {
+            throw HypervisorError.invalidConfiguration("\(configuration.vcpus) vCPUs (expected 1 to 255)")
+        }
+        if configuration.kernel == nil && configuration.disk == nil {
+            throw HypervisorError.invalidConfiguration("nothing to boot: give a kernel or a disk image")
+        }
+        for (path, what) in [(configuration.kernel, "kernel"), (configuration.initrd, "initrd"), (configuration.disk, "disk image")] {
+            guard let path else { continue }
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+                throw HypervisorError.badFile(path: path, reason: "\(what) not found")
+            }
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw HypervisorError.badFile(path: path, reason: "\(what) is not readable")
+            }
+        }
+        let offer = QEMUGuestCPU.offer(capabilities, map: map)
+        let missing = configuration.cpu.features.subtracting(offer)
+            .subtracting(FeatureSet(indices: QEMUGuestCPU.alwaysOn.compactMap { map.registry.feature(named: $0)?.index }))
+        let controllable = map.registry.features(in: missing).filter {
+            QEMUGuestCPU.propertyName(of: $0, in: capabilities) != nil
+        }
+        if !controllable.isEmpty { throw HypervisorError.cpuNotOffered(missing: controllable.map(\.name)) }
+    }
+
+    /// The command line for a VM (also what `tern run --dry-run` prints).
+    public func commandLine(_ configuration: VMConfiguration, files: VMFiles, console: QEMUCommandLine.Console, daemonize: Bool)
+        -> QEMUCommandLine
+    {
+        QEMUCommandLine(
+            binary: binary, configuration: configuration,
+            cpu: QEMUGuestCPU(configuration.cpu, map: map, capabilities: capabilities), accelerator: accelerator, files: files,
+            console: console, daemonize: daemonize)
+    }
+
+    public func start(_ configuration: VMConfiguration, files: VMFiles) async throws -> any VirtualMachineInstance {
+        try await start(configuration, files: files, console: .socket)
+    }
+
+    /// Starts a VM paused, checks the guest got exactly the CPU asked for, then lets it run.
+    ///
+    /// With `.socket` QEMU daemonizes (it outlives this process); with `.terminal` it stays a
+    /// child with the console on this terminal.
+    public func start(_ configuration: VMConfiguration, files: VMFiles, console: QEMUCommandLine.Console) async throws
+        -> QEMUVirtualMachine
+    {
+        try validate(configuration)
+        try FileManager.default.createDirectory(at: files.directory, withIntermediateDirectories: true)
+        for file in [files.controlSocket, files.consoleSocket, files.pidFile] { try? FileManager.default.removeItem(at: file) }
+        let daemonize = console == .socket
+        var command = commandLine(configuration, files: files, console: console, daemonize: daemonize)
+        command.arguments.append("-S")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: command.binary)
+        process.arguments = command.arguments
+        let stderr = Pipe()
+        process.standardError = stderr
+        if daemonize {
+            process.standardOutput = FileHandle.nullDevice
+            process.standardInput = FileHandle.nullDevice
+        }
+        do { try process.run() } catch { throw HypervisorError.notInstalled(command.binary) }
+
+        let pid: Int32
+        if daemonize {
+            // The parent exits once QEMU is set up (0) or has failed (non-zero, message on stderr).
+            let errorText = await Task.detached { stderr.fileHandleForReading.readDataToEndOfFile() }.value
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else {
+                throw HypervisorError.startFailed(
+                    String(decoding: errorText, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            }
+            guard let text = try? String(contentsOf: files.pidFile, encoding: .utf8),
+                let value = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+            else { throw HypervisorError.startFailed("QEMU wrote no pid file") }
+            pid = value
+        } else {
+            pid = process.processIdentifier
+        }
+        let client: QMPClient
+        do {
+            client = try await QEMUCapabilities.connectWhenReady(
+                socket: files.controlSocket.path, process: process, stderr: daemonize ? nil : stderr)
+        } catch {
+            if daemonize { kill(pid, SIGKILL) } else { process.terminate() }
+            throw error
+        }
+        let vm = QEMUVirtualMachine(
+            name: configuration.name, pid: pid, client: client, files: files, map: map, child: daemonize ? nil : process,
+            childStderr: daemonize ? nil : stderr)
+        do {
+            try await vm.verifyCPU(configuration.cpu, capabilities: capabilities)
+            try await vm.resume()
+        } catch {
+            try? await vm.destroy()
+            throw error
+        }
+        return vm
+    }
+
+    public func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance {
+        guard kill(pid, 0) == 0,
+            let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+            cmdline.contains(files.controlSocket.path)
+        else { throw HypervisorError.notRunning(configuration.name) }
+        let client = try await QMPClient.connect(path: files.controlSocket.path)
+        return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: nil, childStderr: nil)
+    }
+}

@@ -1,0 +1,258 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A client for QEMU's machine protocol (QMP) over a unix socket.
+///
+/// Wire format (QEMU's `docs/interop/qmp-spec`): one JSON object per line in each direction.
+///
+/// ```
+/// QEMU  -> {"QMP": {"version": …, "capabilities": […]}}          greeting
+/// Tern  -> {"execute": "qmp_capabilities", "id": 1}
+/// QEMU  -> {"return": {}, "id": 1}
+/// Tern  -> {"execute": "query-status", "id": 2}
+/// QEMU  -> {"event": "STOP", "timestamp": {…}}                   events may come at any time
+/// QEMU  -> {"return": {"status": "paused", …}, "id": 2}          or {"error": {"class", "desc"}, "id": 2}
+/// ```
+///
+/// Replies are matched to commands by `id`; events are delivered on ``events``.
+public final class QMPClient: Sendable {
+    /// An asynchronous QMP event (`SHUTDOWN`, `STOP`, `RESUME`, `GUEST_PANICKED`, `RESET` …).
+    public struct Event: Sendable {
+        public var name: String
+        public var data: JSONValue?
+    }
+
+    fileprivate struct State {
+        var nextID = 1
+        var pending: [Int: CheckedContinuation<JSONValue, any Error>] = [:]
+        var greeted: CheckedContinuation<Void, any Error>?
+        var greeting: Bool = false
+        var closed = false
+    }
+
+    private let channel: any Channel
+    private let inbox: Inbox
+    private var state: NIOLockedValueBox<State> { inbox.state }
+    /// Events QEMU sends, in order. Ends when the connection closes.
+    public var events: AsyncStream<Event> { inbox.events }
+    /// Seconds a command may take before it fails with a timeout.
+    public let commandTimeout: Double
+
+    private init(channel: any Channel, inbox: Inbox, timeout: Double) {
+        self.channel = channel
+        self.inbox = inbox
+        self.commandTimeout = timeout
+    }
+
+    /// Connects to QEMU's QMP socket, waits for the greeting and negotiates capabilities.
+    ///
+    /// - Throws: ``QMPError/connectionFailed(path:reason:)``, ``QMPError/timeout(command:)``.
+    public static func connect(path: String, timeout: Double = 10) async throws(QMPError) -> QMPClient {
+        let inbox = Inbox()
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            QMPLineHandler { message in inbox.receive(message) } onClose: { inbox.connectionClosed() })
+                    }
+                }
+                .connect(unixDomainSocketPath: path).get()
+        } catch {
+            throw .connectionFailed(path: path, reason: "\(error)")
+        }
+        let client = QMPClient(channel: channel, inbox: inbox, timeout: timeout)
+        try await client.waitForGreeting()
+        _ = try await client.execute("qmp_capabilities")
+        return client
+    }
+
+    private func waitForGreeting() async throws(QMPError) {
+        do {
+            try await withTimeout(commandTimeout, command: "QMP greeting") {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    let ready = self.state.withLockedValue { state -> Bool in
+                        if state.greeting { return true }
+                        state.greeted = continuation
+                        return false
+                    }
+                    if ready { continuation.resume() }
+                }
+            }
+        } catch let error as QMPError {
+            throw error
+        } catch {
+            throw .connectionFailed(path: "", reason: "\(error)")
+        }
+    }
+
+    /// Runs one QMP command and returns its `return` value.
+    ///
+    /// - Throws: ``QMPError/commandFailed(command:errorClass:message:)`` with QEMU's own text,
+    ///   ``QMPError/timeout(command:)``, ``QMPError/disconnected``.
+    @discardableResult
+    public func execute(_ command: String, _ arguments: [String: JSONValue]? = nil) async throws(QMPError) -> JSONValue {
+        do {
+            return try await withTimeout(commandTimeout, command: command) {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JSONValue, any Error>) in
+                    let id: Int? = self.state.withLockedValue { state in
+                        if state.closed { return nil }
+                        let id = state.nextID
+                        state.nextID += 1
+                        state.pending[id] = continuation
+                        return id
+                    }
+                    guard let id else {
+                        continuation.resume(throwing: QMPError.disconnected)
+                        return
+                    }
+                    var message: [String: JSONValue] = ["execute": .string(command), "id": .number(Double(id))]
+                    if let arguments { message["arguments"] = .object(arguments) }
+                    var data = (try? JSONEncoder().encode(JSONValue.object(message))) ?? Data()
+                    data.append(0x0a)
+                    let buffer = self.channel.allocator.buffer(bytes: data)
+                    self.channel.writeAndFlush(buffer).whenFailure { error in
+                        let pending = self.state.withLockedValue { $0.pending.removeValue(forKey: id) }
+                        pending?.resume(throwing: QMPError.disconnected)
+                    }
+                }
+            }
+        } catch let error as QMPError {
+            throw error
+        } catch {
+            throw .disconnected
+        }
+    }
+
+    /// Closes the connection.
+    public func close() async {
+        try? await channel.close()
+    }
+
+}
+
+/// Where the channel handler delivers what QEMU sends; exists before the connection does, so
+/// the greeting cannot arrive before anyone listens.
+private final class Inbox: Sendable {
+    let state = NIOLockedValueBox(QMPClient.State())
+    let events: AsyncStream<QMPClient.Event>
+    private let eventContinuation: AsyncStream<QMPClient.Event>.Continuation
+
+    init() {
+        (events, eventContinuation) = AsyncStream.makeStream(of: QMPClient.Event.self, bufferingPolicy: .bufferingNewest(256))
+    }
+
+    func receive(_ message: JSONValue) {
+        if message["QMP"] != nil {
+            let waiter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+                state.greeting = true
+                defer { state.greeted = nil }
+                return state.greeted
+            }
+            waiter?.resume()
+        } else if let name = message["event"]?.string {
+            eventContinuation.yield(QMPClient.Event(name: name, data: message["data"]))
+        } else if let id = message["id"]?.int {
+            let waiter = state.withLockedValue { $0.pending.removeValue(forKey: id) }
+            if let error = message["error"] {
+                waiter?.resume(
+                    throwing: QMPError.commandFailed(
+                        command: "id \(id)", errorClass: error["class"]?.string ?? "GenericError",
+                        message: error["desc"]?.string ?? "\(error)"))
+            } else {
+                waiter?.resume(returning: message["return"] ?? .null)
+            }
+        }
+    }
+
+    func connectionClosed() {
+        let waiters = state.withLockedValue { state -> [CheckedContinuation<JSONValue, any Error>] in
+            state.closed = true
+            defer { state.pending = [:] }
+            return Array(state.pending.values)
+        }
+        for waiter in waiters { waiter.resume(throwing: QMPError.disconnected) }
+        let greeter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+            defer { state.greeted = nil }
+            return state.greeted
+        }
+        greeter?.resume(throwing: QMPError.disconnected)
+        eventContinuation.finish()
+    }
+}
+
+/// Runs `body`, failing with ``QMPError/timeout(command:)`` after `seconds`.
+func withTimeout<T: Sendable>(
+    _ seconds: Double, command: String, _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            throw QMPError.timeout(command: command)
+        }
+        defer { group.cancelAll() }
+        guard let result = try await group.next() else { throw QMPError.timeout(command: command) }
+        return result
+    }
+}
+
+/// Splits the byte stream into lines and decodes each as JSON.
+private final class QMPLineHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    private let onMessage: @Sendable (JSONValue) -> Void
+    private let onClose: @Sendable () -> Void
+    private let pending = NIOLockedValueBox(ByteBuffer())
+
+    init(onMessage: @escaping @Sendable (JSONValue) -> Void, onClose: @escaping @Sendable () -> Void) {
+        self.onMessage = onMessage
+        self.onClose = onClose
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        let lines: [Data] = pending.withLockedValue { buffer in
+            buffer.writeBuffer(&incoming)
+            var lines: [Data] = []
+            while let newline = buffer.readableBytesView.firstIndex(of: 0x0a) {
+                let length = newline - buffer.readerIndex
+                if let bytes = buffer.readBytes(length: length) { lines.append(Data(bytes)) }
+                buffer.moveReaderIndex(forwardBy: 1)
+            }
+            buffer.discardReadBytes()
+            return lines
+        }
+        for line in lines where !line.isEmpty {
+            if let message = try? JSONDecoder().decode(JSONValue.self, from: line) { onMessage(message) }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        onClose()
+        context.fireChannelInactive()
+    }
+}
+
+/// Errors of the QMP client.
+public enum QMPError: Error, Sendable, CustomStringConvertible {
+    /// The socket could not be reached.
+    case connectionFailed(path: String, reason: String)
+    /// QEMU answered the command with an error; its class and text.
+    case commandFailed(command: String, errorClass: String, message: String)
+    /// QEMU did not answer in time.
+    case timeout(command: String)
+    /// The connection closed (QEMU exited).
+    case disconnected
+
+    public var description: String {
+        switch self {
+        case let .connectionFailed(path, reason): "cannot connect to QMP socket \(path): \(reason)"
+        case let .commandFailed(command, errorClass, message): "QMP \(command) failed (\(errorClass)): \(message)"
+        case let .timeout(command): "QMP \(command) timed out"
+        case .disconnected: "the QMP connection closed (QEMU exited)"
+        }
+    }
+}

@@ -1,0 +1,85 @@
+import ArgumentParser
+import Foundation
+import TernCPU
+import TernHost
+import TernHypervisor
+import TernQEMU
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one VM in the foreground with its console on this terminal.",
+        discussion: """
+            The guest CPU is computed as for 'tern cpuid' and checked against what this host \
+            (or --host) can offer before QEMU starts; QEMU is then told every feature \
+            explicitly and the running guest's CPUID is read back and compared. Press Ctrl-A X \
+            to end the VM. Exit status: 0 when the guest powered off, 1 otherwise.
+            """)
+
+    @Option(help: ArgumentHelp("The Linux kernel to boot.", valueName: "file")) var kernel: String?
+    @Option(help: ArgumentHelp("The initial ramdisk.", valueName: "file")) var initrd: String?
+    @Option(help: ArgumentHelp("A raw disk image (virtio).", valueName: "file")) var disk: String?
+    @Option(help: "The kernel command line.") var cmdline = "console=ttyS0"
+    @Option(help: "Guest memory (e.g. 512M, 1G; a plain number is MiB).") var memory = "512M"
+    @Option(help: "Number of vCPUs.") var cpus = 1
+    @Option(help: "The VM's name.") var name = "tern-run"
+    @Flag(help: "Print the QEMU command line instead of running it.") var dryRun = false
+    @OptionGroup var guest: GuestCPUOptions
+    @OptionGroup var map: MapOptions
+    @OptionGroup var host: HostOptions
+
+    func run() async throws {
+        let cpuMap = try map.load()
+        let (caps, hypervisor) = try await host.capabilitiesWithHypervisor(map: cpuMap)
+        guard let offer = caps.guestOffer else { throw ValidationError("no guest offer") }
+        let cpu = try cpuMap.guestCPU(guest.config(map: cpuMap), host: offer)
+        let configuration = VMConfiguration(
+            name: name, memoryMiB: try parseMemory(memory), vcpus: cpus, kernel: kernel, initrd: initrd, cmdline: cmdline,
+            disk: disk, cpu: cpu)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tern-run-\(getpid())")
+        let files = VMFiles(directory: directory)
+        if dryRun {
+            try hypervisor.validate(configuration)
+            let command = hypervisor.commandLine(configuration, files: files, console: .terminal, daemonize: false)
+            print(([command.binary] + command.arguments).map(shellQuote).joined(separator: " "))
+            return
+        }
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let vm = try await hypervisor.start(configuration, files: files, console: .terminal)
+        let exit = await vm.waitForExit()
+        switch exit {
+        case .poweredOff:
+            printError("tern: VM '\(name)' powered off")
+        case .panicked:
+            printError("tern: VM '\(name)' crashed: the guest kernel panicked")
+            throw ExitCode(1)
+        case .killed(let signal):
+            printError("tern: VM '\(name)' was killed (signal \(signal))")
+            throw ExitCode(1)
+        case .failed(let message):
+            printError("tern: VM '\(name)' stopped: \(message)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Reads a memory size: `512M`, `1G`, `2048` (MiB), `524288K`.
+func parseMemory(_ text: String) throws -> Int {
+    let trimmed = text.trimmingCharacters(in: .whitespaces).uppercased()
+    let unit = trimmed.last.flatMap { "KMGT".contains($0) ? $0 : nil }
+    let digits = unit == nil ? trimmed : String(trimmed.dropLast())
+    guard let value = Int(digits), value > 0 else {
+        throw ValidationError("invalid memory size '\(text)' (expected e.g. 512M or 1G)")
+    }
+    switch unit {
+    case "K": return value / 1024
+    case "G": return value * 1024
+    case "T": return value * 1024 * 1024
+    default: return value
+    }
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+func shellQuote(_ word: String) -> String {
+    if !word.isEmpty, word.allSatisfy({ $0.isLetter || $0.isNumber || "-_./=:,+@%".contains($0) }) { return word }
+    return "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
