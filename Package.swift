@@ -43,7 +43,11 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TernCPUTests", dependencies: ["TernCPU"], resources: [.copy("Fixtures")]),
+        // Helpers for tests: running the built binaries, the test guest.
+        .target(name: "TernTestSupport", path: "Sources/TernTestSupport"),
         // Runs the built `tern` as a user would.
-        .testTarget(name: "TernCLITests", dependencies: ["tern"]),
+        .testTarget(name: "TernCLITests", dependencies: ["tern", "TernTestSupport"]),
+        // Boots real guests through `tern` and checks from inside them.
+        .testTarget(name: "TernIntegrationTests", dependencies: ["tern", "TernCPU", "TernTestSupport"]),
     ]
 )

@@ -66,6 +66,19 @@ chmod 0755 "$ROOT/bin/busybox"
     [ -e "$ROOT/$applet" ] || [ -L "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
 done
 chmod 1777 "$ROOT/tmp"
+# The pvpanic driver (built as modules in the cloud kernel), so a panicking guest tells the
+# hypervisor (QEMU's GUEST_PANICKED event) instead of only printing to its console.
+KVER=${KERNEL#/boot/vmlinuz-}
+mkdir -p "$ROOT/lib/modules"
+for module in pvpanic pvpanic-mmio pvpanic-pci; do
+    found=$(find "/lib/modules/$KVER/kernel/drivers/misc/pvpanic" -name "$module.ko*" 2>/dev/null | head -n 1)
+    [ -n "$found" ] || continue
+    case "$found" in
+        *.xz) xz -dc "$found" > "$ROOT/lib/modules/$module.ko" ;;
+        *.zst) zstd -qdc "$found" > "$ROOT/lib/modules/$module.ko" ;;
+        *) cp "$found" "$ROOT/lib/modules/$module.ko" ;;
+    esac
+done
 
 cat > "$ROOT/init" <<'INIT'
 #!/bin/sh
@@ -77,6 +90,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 # The archive carries /dev/console, but it is hidden by devtmpfs: reopen it.
 exec </dev/console >/dev/console 2>&1
+for module in pvpanic pvpanic-mmio pvpanic-pci; do
+    [ -f /lib/modules/$module.ko ] && insmod /lib/modules/$module.ko 2>/dev/null
+done
 
 say() { echo "TERN-GUEST: $*"; }
 # Wait until everything written to the console has left the UART, so that

@@ -22,6 +22,8 @@ public enum CPUError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidCPUMap(path: String, reason: String)
     /// The host cannot give a guest the features its definition requires.
     case hostCannotOffer(model: String?, missing: [String])
+    /// Pool mode on a host that cannot offer the pool's baseline.
+    case hostNotInPool(missing: [String])
     /// The definition forbids a feature the guest would have to get.
     case forbiddenFeaturePresent([String])
     /// No CPU model of the map fits the given CPU data.
@@ -55,6 +57,9 @@ public enum CPUError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .hostCannotOffer(model, missing):
             let what = model.map { "CPU model '\($0)'" } ?? "this CPU"
             return "the host cannot offer \(what): missing features: \(missing.joined(separator: ", "))"
+        case let .hostNotInPool(missing):
+            return "this host cannot offer the pool's baseline CPU: missing features: \(missing.joined(separator: ", ")) "
+                + "(pool mode runs a VM only on hosts that offer every feature the pool has in common; add this host to the pool)"
         case let .forbiddenFeaturePresent(names):
             return "the host CPU has features the definition forbids: \(names.joined(separator: ", "))"
         case let .noUsableModel(reason):

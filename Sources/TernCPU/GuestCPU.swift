@@ -69,7 +69,7 @@ extension CPUMap {
                 throw .mixedVendors([vendor, hostVendor])
             }
             let missing = common.features.subtracting(host.features)
-            if !missing.isEmpty { throw .hostCannotOffer(model: "pool baseline", missing: registry.names(of: missing)) }
+            if !missing.isEmpty { throw .hostNotInPool(missing: registry.names(of: missing)) }
             return GuestCPU(model: nil, vendor: host.vendor, signature: host.signature, features: common.features)
 
         case .definition(let definition):

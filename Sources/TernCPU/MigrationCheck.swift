@@ -23,12 +23,24 @@ extension CPUMap {
                 reason: "the VM's processor is \(vm.vendor ?? "") and the destination's is \(destination.vendor ?? ""): "
                     + "moving between vendors is never allowed")
         }
-        let missing = vm.features.subtracting(destination.features)
+        let missing = vm.features.subtracting(destination.features).subtracting(osControlledFeatures)
         if missing.isEmpty { return MigrationVerdict(allowed: true, missing: [], reason: nil) }
         let names = registry.names(of: missing)
         return MigrationVerdict(
             allowed: false, missing: names,
             reason: "the destination lacks \(names.count) feature\(names.count == 1 ? "" : "s") the VM has: "
                 + names.joined(separator: ", "))
+    }
+}
+
+extension CPUMap {
+    /// Bits that mirror the guest operating system's own settings rather than the processor:
+    /// OSXSAVE (CR4.OSXSAVE, with XSAVE) and OSPKE (CR4.PKE, with PKU). The hypervisor cannot
+    /// set them; they follow the feature they depend on, and the migration check ignores them.
+    public static let osControlledFeatures: [String: String] = ["osxsave": "xsave", "ospke": "pku"]
+
+    /// ``osControlledFeatures`` as a set of this map.
+    public var osControlledFeatures: FeatureSet {
+        FeatureSet(indices: Self.osControlledFeatures.keys.compactMap { registry.feature(named: $0)?.index })
     }
 }

@@ -27,11 +27,17 @@ struct GuestCPUOptions: ParsableArguments {
     }
 
     /// The configuration these options name (host passthrough when none is given).
-    func config(map: CPUMap) throws -> GuestCPUConfig {
+    ///
+    /// - Parameter hypervisorOffer: what this host's hypervisor can give any guest; each pool
+    ///   member is limited to it, as that host would be when running the same hypervisor.
+    func config(map: CPUMap, hypervisorOffer: FeatureSet? = nil) throws -> GuestCPUConfig {
         if compat { return .compatibility }
         if !pool.isEmpty {
             var cpus: [ResolvedCPU] = []
             for file in pool { cpus += try map.hostPool(xml: readInput(file), source: file) }
+            if let hypervisorOffer {
+                cpus = cpus.map { ResolvedCPU(vendor: $0.vendor, signature: $0.signature, features: $0.features.intersection(hypervisorOffer)) }
+            }
             return .pool(cpus)
         }
         guard let cpu else { return .hostPassthrough }

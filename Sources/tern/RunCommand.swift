@@ -23,6 +23,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Number of vCPUs.") var cpus = 1
     @Option(help: "The VM's name.") var name = "tern-run"
     @Flag(help: "Print the QEMU command line instead of running it.") var dryRun = false
+    @Flag(help: "Print the guest's CPU (vendor and features) on standard error before it boots.") var showCPU = false
     @OptionGroup var guest: GuestCPUOptions
     @OptionGroup var map: MapOptions
     @OptionGroup var host: HostOptions
@@ -31,10 +32,14 @@ struct Run: AsyncParsableCommand {
         let cpuMap = try map.load()
         let (caps, hypervisor) = try await host.capabilitiesWithHypervisor(map: cpuMap)
         guard let offer = caps.guestOffer else { throw ValidationError("no guest offer") }
-        let cpu = try cpuMap.guestCPU(guest.config(map: cpuMap), host: offer)
+        let hypervisorOffer = try await hypervisor.hostOffer().features
+        let cpu = try cpuMap.guestCPU(guest.config(map: cpuMap, hypervisorOffer: hypervisorOffer), host: offer)
         let configuration = VMConfiguration(
             name: name, memoryMiB: try parseMemory(memory), vcpus: cpus, kernel: kernel, initrd: initrd, cmdline: cmdline,
             disk: disk, cpu: cpu)
+        if showCPU {
+            printError("tern: guest CPU: vendor=\(cpu.vendor ?? "-") model=\(cpu.model ?? "-") features=\(cpuMap.registry.names(of: cpu.features).joined(separator: " "))")
+        }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tern-run-\(getpid())")
         let files = VMFiles(directory: directory)
         if dryRun {

@@ -1,37 +1,8 @@
 import Foundation
+import TernTestSupport
 import Testing
 
-/// Runs the built `tern` binary as a user would and checks its output and exit status.
-struct TernRun {
-    var status: Int32
-    var out: String
-    var err: String
-}
-
-/// The package root (two levels above this file's directory).
-let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent()
-
-func tern(_ arguments: String..., stdin: String? = nil) throws -> TernRun {
-    let binary = packageRoot.appendingPathComponent(".build/debug/tern")
-    let process = Process()
-    process.executableURL = binary
-    process.arguments = arguments
-    process.currentDirectoryURL = packageRoot
-    let out = Pipe(), err = Pipe(), input = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = input
-    try process.run()
-    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-    try input.fileHandleForWriting.close()
-    let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    return TernRun(status: process.terminationStatus, out: output, err: error)
-}
-
-let dumps = "Tests/TernCPUTests/Fixtures/cpuid-dumps"
+let dumps = cpuidDumps
 let malformed = "Tests/TernCPUTests/Fixtures/malformed"
 
 @Suite struct TernCLITests {

@@ -1,0 +1,93 @@
+import Foundation
+
+/// The package root (found from this file's location).
+public let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+/// The result of running a program.
+public struct ProgramRun: Sendable {
+    public var status: Int32
+    public var out: String
+    public var err: String
+
+    /// Lines the test guest printed (`TERN-GUEST: …` markers, prefix and `\r` removed).
+    public var guestLines: [String] {
+        out.split(whereSeparator: \.isNewline).compactMap { line in
+            guard let range = line.range(of: "TERN-GUEST: ") else { return nil }
+            return String(line[range.upperBound...]).trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
+        }
+    }
+
+    /// The value of a `TERN-GUEST: key=value` marker.
+    public func guestValue(_ key: String) -> String? {
+        guestLines.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
+    }
+}
+
+/// Runs `executable` with `arguments` from the package root, feeding `stdin`, and waits at most
+/// `timeout` seconds (then kills it and reports status -1).
+public func runProgram(
+    _ executable: URL, _ arguments: [String], stdin: String? = nil, timeout: Double = 120, environment: [String: String]? = nil
+) throws -> ProgramRun {
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    process.currentDirectoryURL = packageRoot
+    if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try input.fileHandleForWriting.close()
+    let timer = DispatchWorkItem { if process.isRunning { process.terminate() } }
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    let errData = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    timer.cancel()
+    return ProgramRun(
+        status: process.terminationReason == .uncaughtSignal ? -1 : process.terminationStatus,
+        out: String(decoding: outData, as: UTF8.self), err: String(decoding: errData, as: UTF8.self))
+}
+
+/// Runs the built `tern` CLI.
+public func tern(_ arguments: String..., stdin: String? = nil, timeout: Double = 120) throws -> ProgramRun {
+    try runProgram(packageRoot.appendingPathComponent(".build/debug/tern"), arguments, stdin: stdin, timeout: timeout)
+}
+
+/// Runs the built `tern` CLI with an argument array.
+public func tern(arguments: [String], stdin: String? = nil, timeout: Double = 120) throws -> ProgramRun {
+    try runProgram(packageRoot.appendingPathComponent(".build/debug/tern"), arguments, stdin: stdin, timeout: timeout)
+}
+
+/// The test guest: Debian's cloud kernel and a busybox initramfs, built by
+/// `scripts/build-guest.sh` (once; it rebuilds only when its inputs change).
+public enum TestGuest {
+    public static let directory = packageRoot.appendingPathComponent(".build-guest")
+    public static var kernel: String { directory.appendingPathComponent("vmlinuz").path }
+    public static var initrd: String { directory.appendingPathComponent("initramfs.cpio.gz").path }
+
+    /// Builds the guest if needed; throws with the script's output when it fails.
+    public static func ensureBuilt() throws {
+        let run = try runProgram(URL(fileURLWithPath: "/bin/sh"), [packageRoot.appendingPathComponent("scripts/build-guest.sh").path])
+        if run.status != 0 { throw GuestBuildError(output: run.err + run.out) }
+    }
+
+    /// The kernel command line for a guest mode (`flags`, `counter`, `panic` …).
+    public static func cmdline(_ mode: String) -> String { "console=ttyS0 quiet cryptomgr.notests tern.mode=\(mode)" }
+
+    /// `tern run` arguments that boot the guest in `mode`.
+    public static func runArguments(mode: String, memory: String = "256M", cpus: Int = 1) -> [String] {
+        ["run", "--kernel", kernel, "--initrd", initrd, "--cmdline", cmdline(mode), "--memory", memory, "--cpus", "\(cpus)"]
+    }
+}
+
+public struct GuestBuildError: Error, CustomStringConvertible {
+    public var output: String
+    public var description: String { "scripts/build-guest.sh failed:\n\(output)" }
+}
+
+/// The recorded processors shipped with the tests.
+public let cpuidDumps = "Tests/TernCPUTests/Fixtures/cpuid-dumps"
