@@ -6,11 +6,16 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "tern", targets: ["tern"]),
+        .executable(name: "ternd", targets: ["ternd"]),
         .library(name: "TernCPU", targets: ["TernCPU"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // C shim: the CPUID instruction and any host call Swift cannot import.
@@ -31,10 +36,16 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
             ]
         ),
         // One host: its capabilities (real CPU or a recorded one standing in for it).
-        .target(name: "TernHost", dependencies: ["TernCPU", "TernHypervisor", "CTernHost"]),
+        .target(
+            name: "TernHost",
+            dependencies: ["TernCPU", "TernHypervisor", "TernAPI", "CTernHost", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        // The daemon's JSON types (shared with its clients).
+        .target(name: "TernAPI"),
         .executableTarget(
             name: "tern",
             dependencies: [
@@ -43,6 +54,16 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TernCPUTests", dependencies: ["TernCPU"], resources: [.copy("Fixtures")]),
+        // The host daemon: the HTTP API (Hummingbird) in front of TernHost.
+        .executableTarget(
+            name: "ternd",
+            dependencies: [
+                "TernCPU", "TernHost", "TernHypervisor", "TernQEMU", "TernAPI",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // Helpers for tests: running the built binaries, the test guest.
         .target(name: "TernTestSupport", path: "Sources/TernTestSupport"),
         // Runs the built `tern` as a user would.

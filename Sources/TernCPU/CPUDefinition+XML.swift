@@ -50,7 +50,8 @@ extension CPUDefinition {
         return root.descendants(named: "cpu").filter { $0.child(named: "mode") == nil }
     }
 
-    init(element: XMLNode, source: String) throws(CPUError) {
+    /// Reads a `<cpu>` element already parsed (e.g. inside a domain definition).
+    public init(element: XMLNode, source: String) throws(CPUError) {
         func invalid(_ node: XMLNode, _ message: String) -> CPUError {
             .invalidXML(source: source, message: "line \(node.line): \(message)")
         }

@@ -5,17 +5,18 @@ import FoundationXML
 #endif
 
 /// A small read-only element tree built with Foundation's `XMLParser`, keeping the line and
-/// column of every element so errors can point at it.
-struct XMLNode: Sendable {
-    var name: String
-    var attributes: [String: String]
-    var children: [XMLNode]
-    var text: String
-    var line: Int
-    var column: Int
+/// column of every element so errors can point at it. Shared by the CPU XML here and the
+/// domain XML of `TernHost`.
+public struct XMLNode: Sendable {
+    public var name: String
+    public var attributes: [String: String]
+    public var children: [XMLNode]
+    public var text: String
+    public var line: Int
+    public var column: Int
 
     /// Parses `data`; `source` names it in errors (a file path, or "<stdin>").
-    static func parse(_ data: Data, source: String) throws(CPUError) -> XMLNode {
+    public static func parse(_ data: Data, source: String) throws(CPUError) -> XMLNode {
         let builder = TreeBuilder()
         let parser = XMLParser(data: data)
         parser.delegate = builder
@@ -43,18 +44,23 @@ struct XMLNode: Sendable {
     /// The message for text after the root element closed (several roots).
     static let extraContentMessage = "extra content after the root element"
 
-    static func parse(_ text: String, source: String) throws(CPUError) -> XMLNode {
+    public static func parse(_ text: String, source: String) throws(CPUError) -> XMLNode {
         try parse(Data(text.utf8), source: source)
     }
 
     /// The children called `name`.
-    func children(named name: String) -> [XMLNode] { children.filter { $0.name == name } }
+    public func children(named name: String) -> [XMLNode] { children.filter { $0.name == name } }
+
+    /// The trimmed text of the first child called `name`.
+    public func childText(_ name: String) -> String? {
+        child(named: name).map { $0.text.trimmingCharacters(in: .whitespacesAndNewlines) }
+    }
 
     /// The first child called `name`.
-    func child(named name: String) -> XMLNode? { children.first { $0.name == name } }
+    public func child(named name: String) -> XMLNode? { children.first { $0.name == name } }
 
     /// Every element called `name` at any depth below (and including) this one, in document order.
-    func descendants(named name: String) -> [XMLNode] {
+    public func descendants(named name: String) -> [XMLNode] {
         var result: [XMLNode] = []
         if self.name == name { result.append(self) }
         for child in children { result += child.descendants(named: name) }
@@ -95,7 +101,7 @@ private final class TreeBuilder: NSObject, XMLParserDelegate {
 }
 
 /// Escapes text for use inside an XML attribute value or element.
-func xmlEscape(_ text: String) -> String {
+public func xmlEscape(_ text: String) -> String {
     var out = ""
     for ch in text {
         switch ch {

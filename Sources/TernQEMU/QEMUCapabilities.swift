@@ -1,4 +1,8 @@
 import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
 import TernHypervisor
 
 /// What the installed QEMU can give a guest under one accelerator, as QEMU itself answers.
@@ -65,7 +69,13 @@ public struct QEMUCapabilities: Codable, Sendable, Equatable {
         process.standardInput = FileHandle.nullDevice
         do { try process.run() } catch { throw HypervisorError.notInstalled(binary) }
         defer { if process.isRunning { process.terminate() } }
-        let client = try await connectWhenReady(socket: socket, process: process, stderr: stderr)
+        let client: QMPClient
+        do {
+            client = try await connectWhenReady(socket: socket, pid: process.processIdentifier, process: process)
+        } catch HypervisorError.startFailed {
+            let message = String(decoding: stderr.fileHandleForReading.availableData, as: UTF8.self)
+            throw HypervisorError.startFailed(message.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
         defer { Task { await client.close() } }
         let versionInfo = try await client.execute("query-version")
         let qemu = versionInfo["qemu"]
@@ -88,18 +98,14 @@ public struct QEMUCapabilities: Codable, Sendable, Equatable {
     }
 
     /// Connects to a freshly started QEMU's QMP socket, retrying until it listens or QEMU exits.
-    static func connectWhenReady(socket: String, process: Process, stderr: Pipe?, timeout: Double = 15) async throws
-        -> QMPClient
-    {
+    static func connectWhenReady(socket: String, pid: Int32, process: Process?, timeout: Double = 15) async throws -> QMPClient {
         let deadline = Date().addingTimeInterval(timeout)
         while true {
             if FileManager.default.fileExists(atPath: socket), let client = try? await QMPClient.connect(path: socket) {
                 return client
             }
-            if !process.isRunning {
-                let message = stderr.map { String(decoding: $0.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) } ?? ""
-                throw HypervisorError.startFailed(message.trimmingCharacters(in: .whitespacesAndNewlines))
-            }
+            let alive = process.map(\.isRunning) ?? (kill(pid, 0) == 0)
+            if !alive { throw HypervisorError.startFailed("QEMU exited") }
             if Date() > deadline { throw HypervisorError.timeout("QEMU's QMP socket \(socket)") }
             try await Task.sleep(for: .milliseconds(10))
         }

@@ -1,5 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
+import Subprocess
+import SystemPackage
 import TernCPU
 import TernHypervisor
 
@@ -96,44 +98,54 @@ public struct QEMUHypervisor: Hypervisor {
         let daemonize = console == .socket
         var command = commandLine(configuration, files: files, console: console, daemonize: daemonize)
         command.arguments.append("-S")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: command.binary)
-        process.arguments = command.arguments
-        let stderr = Pipe()
-        process.standardError = stderr
-        if daemonize {
-            process.standardOutput = FileHandle.nullDevice
-            process.standardInput = FileHandle.nullDevice
-        }
-        do { try process.run() } catch { throw HypervisorError.notInstalled(command.binary) }
-
         let pid: Int32
+        let process: Process?
         if daemonize {
-            // The parent exits once QEMU is set up (0) or has failed (non-zero, message on stderr).
-            let errorText = await Task.detached { stderr.fileHandleForReading.readDataToEndOfFile() }.value
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                throw HypervisorError.startFailed(
-                    String(decoding: errorText, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            // The launching QEMU exits once the daemonized one is set up (0) or has failed
+            // (non-zero, its message on stderr). swift-subprocess closes every other descriptor in
+            // the child, so the daemon keeps none of ours open.
+            let launch: ExecutionResult<Void, DiscardedOutput, StringOutput<UTF8>>
+            do {
+                launch = try await Subprocess.run(
+                    .path(FilePath(command.binary)), arguments: Arguments(command.arguments), output: .discarded,
+                    error: .string(limit: 65536))
+            } catch {
+                throw HypervisorError.startFailed("cannot run \(command.binary): \(error)")
+            }
+            guard launch.terminationStatus.isSuccess else {
+                let message = (launch.standardError ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                throw HypervisorError.startFailed(message.isEmpty ? "QEMU exited with \(launch.terminationStatus)" : message)
             }
             guard let text = try? String(contentsOf: files.pidFile, encoding: .utf8),
                 let value = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
             else { throw HypervisorError.startFailed("QEMU wrote no pid file") }
             pid = value
+            process = nil
         } else {
-            pid = process.processIdentifier
+            // In the foreground QEMU is this process's child with the console on the terminal;
+            // its own messages go to a file.
+            let child = Process()
+            child.executableURL = URL(fileURLWithPath: command.binary)
+            child.arguments = command.arguments
+            FileManager.default.createFile(atPath: files.hypervisorLog.path, contents: nil)
+            let stderr = try FileHandle(forWritingTo: files.hypervisorLog)
+            child.standardError = stderr
+            do { try child.run() } catch { throw HypervisorError.notInstalled(command.binary) }
+            try? stderr.close()
+            pid = child.processIdentifier
+            process = child
         }
         let client: QMPClient
         do {
-            client = try await QEMUCapabilities.connectWhenReady(
-                socket: files.controlSocket.path, process: process, stderr: daemonize ? nil : stderr)
+            client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path, pid: pid, process: process)
+        } catch HypervisorError.startFailed {
+            throw HypervisorError.startFailed(hypervisorMessages(files))
         } catch {
-            if daemonize { kill(pid, SIGKILL) } else { process.terminate() }
+            kill(pid, SIGKILL)
             throw error
         }
         let vm = QEMUVirtualMachine(
-            name: configuration.name, pid: pid, client: client, files: files, map: map, child: daemonize ? nil : process,
-            childStderr: daemonize ? nil : stderr)
+            name: configuration.name, pid: pid, client: client, files: files, map: map, child: process)
         do {
             try await vm.verifyCPU(configuration.cpu, capabilities: capabilities)
             try await vm.resume()
@@ -150,6 +162,13 @@ public struct QEMUHypervisor: Hypervisor {
             cmdline.contains(files.controlSocket.path)
         else { throw HypervisorError.notRunning(configuration.name) }
         let client = try await QMPClient.connect(path: files.controlSocket.path)
-        return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: nil, childStderr: nil)
+        return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: nil)
+    }
+
+    /// What QEMU wrote to its log, for error messages.
+    private func hypervisorMessages(_ files: VMFiles) -> String {
+        let text = (try? String(contentsOf: files.hypervisorLog, encoding: .utf8)) ?? ""
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        return trimmed.isEmpty ? "QEMU exited without a message" : trimmed
     }
 }

@@ -16,19 +16,17 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     let map: CPUMap
     /// The QEMU process when it is this process's child (`tern run`); nil when daemonized.
     let child: Process?
-    let childStderr: Pipe?
     /// The last event that says why the VM stops: SHUTDOWN's reason, or GUEST_PANICKED.
     private let ending = NIOLockedValueBox<String?>(nil)
     private let eventTask: Task<Void, Never>
 
-    init(name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?, childStderr: Pipe?) {
+    init(name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?) {
         self.name = name
         self.pid = pid
         self.client = client
         self.files = files
         self.map = map
         self.child = child
-        self.childStderr = childStderr
         let ending = self.ending
         eventTask = Task {
             for await event in client.events {

@@ -1,0 +1,293 @@
+import Foundation
+import TernAPI
+import TernCPU
+import TernHypervisor
+
+/// One host: the VMs defined on it, their persistence, the supervision of their hypervisor
+/// processes, and the compatibility gate for what they may run with.
+///
+/// Every VM's state lives in the state directory (`tern.sqlite`, and a directory per VM for its
+/// console log and sockets), so a restarted daemon knows its VMs again and reattaches to
+/// hypervisor processes that outlived it.
+public actor VMHost {
+    public let hypervisor: any Hypervisor
+    public let capabilities: HostCapabilities
+    public let stateDirectory: URL
+    let store: VMStore
+    private var instances: [String: any VirtualMachineInstance] = [:]
+    /// VMs being destroyed on purpose (so their exit is not reported as a crash).
+    private var destroying: Set<String> = []
+
+    /// Opens (or creates) the host's state under `stateDirectory`.
+    public init(hypervisor: any Hypervisor, capabilities: HostCapabilities, stateDirectory: URL) throws {
+        self.hypervisor = hypervisor
+        self.capabilities = capabilities
+        self.stateDirectory = stateDirectory
+        try FileManager.default.createDirectory(at: stateDirectory.appendingPathComponent("vms"), withIntermediateDirectories: true)
+        store = try VMStore(path: stateDirectory.appendingPathComponent("tern.sqlite").path)
+    }
+
+    var map: CPUMap { capabilities.map }
+
+    func files(_ name: String) -> VMFiles {
+        VMFiles(directory: stateDirectory.appendingPathComponent("vms").appendingPathComponent(name))
+    }
+
+    /// After a daemon (re)start: reattach to VMs whose hypervisor process is still there, and mark
+    /// the others crashed with what their console said last.
+    public func recover() async {
+        for record in (try? store.all()) ?? [] where record.state == "running" || record.state == "paused" {
+            var record = record
+            do {
+                guard let pid = record.pid else { throw HypervisorError.notRunning(record.name) }
+                let definition = try VMDefinition(xml: record.definition)
+                let vm = try await hypervisor.attach(
+                    try configuration(definition, cpu: storedCPU(record)), files: files(record.name), pid: pid)
+                instances[record.name] = vm
+                record.state = (try? await vm.runState())?.rawValue ?? record.state
+                try? store.save(record)
+                watch(record.name, vm)
+            } catch {
+                record.state = "crashed"
+                record.reason = "its hypervisor process ended while the daemon was not running"
+                record.lastConsoleLines = encodeLines(lastConsoleLines(record.name))
+                record.pid = nil
+                try? store.save(record)
+            }
+        }
+    }
+
+    // MARK: - Definitions
+
+    /// Defines a VM from domain XML. Its CPU definition is checked against the CPU map now
+    /// (unknown models and features are refused); whether this host can offer it is checked at start.
+    public func define(xml: String) throws -> VMInfo {
+        let definition = try VMDefinition(xml: xml)
+        _ = try definition.cpuConfig(map: map)
+        if case .definition(let cpu) = definition.cpu {
+            if let model = cpu.model { _ = try map.lookupModel(model) }
+            for feature in cpu.features { _ = try map.registry.lookup(feature.name) }
+        }
+        if try store.find(definition.name) != nil { throw HostError.alreadyExists(definition.name) }
+        let record = VMRecord(
+            name: definition.name, definition: xml, state: "shutoff", pid: nil, guestCPU: nil, reason: nil,
+            lastConsoleLines: nil, updatedAt: Date())
+        try store.insert(record)
+        return info(record)
+    }
+
+    /// Removes a shut-off VM's definition and files.
+    public func undefine(_ name: String) throws -> VMInfo {
+        let record = try find(name)
+        guard record.state == "shutoff" || record.state == "crashed" else {
+            throw HostError.invalidState(name: name, state: record.state, action: "undefine")
+        }
+        try store.delete(name)
+        try? FileManager.default.removeItem(at: files(name).directory)
+        var gone = info(record)
+        gone.state = "undefined"
+        return gone
+    }
+
+    // MARK: - Lifecycle
+
+    /// Starts a VM: computes its guest CPU on this host afresh, refuses (naming the missing
+    /// features) if this host cannot offer it, then starts the hypervisor.
+    public func start(_ name: String) async throws -> VMInfo {
+        var record = try find(name)
+        guard record.state == "shutoff" || record.state == "crashed" else {
+            throw HostError.invalidState(name: name, state: record.state, action: "start")
+        }
+        let definition = try VMDefinition(xml: record.definition)
+        guard let offer = capabilities.guestOffer else { throw HostError.database("no guest offer") }
+        let cpu = try map.guestCPU(try definition.cpuConfig(map: map), host: offer)
+        let configuration = try configuration(definition, cpu: cpu)
+        let vmFiles = files(name)
+        try FileManager.default.createDirectory(at: vmFiles.directory, withIntermediateDirectories: true)
+        try? FileManager.default.removeItem(at: vmFiles.consoleLog)
+        let vm = try await hypervisor.start(configuration, files: vmFiles)
+        instances[name] = vm
+        record.state = "running"
+        record.pid = vm.pid
+        record.reason = nil
+        record.lastConsoleLines = nil
+        record.guestCPU = encode(storedCPU(cpu, mode: definition.cpu))
+        try store.save(record)
+        watch(name, vm)
+        return info(record)
+    }
+
+    /// Asks the guest to power off (ACPI); the VM becomes shut off when it has.
+    public func shutdown(_ name: String) async throws -> VMInfo {
+        let (record, vm) = try running(name, action: "shut down")
+        try await vm.shutdown()
+        return info(record)
+    }
+
+    /// Ends a VM at once.
+    public func destroy(_ name: String) async throws -> VMInfo {
+        let (_, vm) = try running(name, action: "destroy")
+        destroying.insert(name)
+        try await vm.destroy()
+        _ = await vm.waitForExit()
+        await exited(name, .killed(signal: 9))
+        return info(try find(name))
+    }
+
+    /// Pauses a VM's vCPUs (libvirt's suspend).
+    public func suspend(_ name: String) async throws -> VMInfo {
+        var (record, vm) = try running(name, action: "suspend")
+        try await vm.pause()
+        record.state = "paused"
+        try store.save(record)
+        return info(record)
+    }
+
+    /// Resumes a paused VM.
+    public func resume(_ name: String) async throws -> VMInfo {
+        var (record, vm) = try running(name, action: "resume")
+        try await vm.resume()
+        record.state = "running"
+        try store.save(record)
+        return info(record)
+    }
+
+    // MARK: - Inspection
+
+    public func info(_ name: String) throws -> VMInfo { info(try find(name)) }
+
+    public func list() throws -> [VMInfo] { try store.all().map { info($0) } }
+
+    /// The last `count` lines of a VM's console.
+    public func console(_ name: String, lines count: Int) throws -> [String] {
+        _ = try find(name)
+        return lastConsoleLines(name, count: count)
+    }
+
+    /// The host as the API reports it.
+    public func hostInfo() throws -> HostInfo {
+        HostInfo(
+            hostname: ProcessInfo.processInfo.hostName, accelerator: hypervisor.accelerator.rawValue,
+            acceleratorReason: capabilities.acceleratorReason, hostCPUSource: capabilities.host.source,
+            vendor: capabilities.host.cpu.vendor,
+            offer: capabilities.guestOffer.map { map.registry.names(of: $0.features) } ?? [],
+            capabilitiesXML: (try? capabilities.capabilitiesXML()) ?? "", vms: (try? store.all().count) ?? 0)
+    }
+
+    // MARK: - Supervision
+
+    private func watch(_ name: String, _ vm: any VirtualMachineInstance) {
+        Task {
+            let exit = await vm.waitForExit()
+            await self.exited(name, exit)
+        }
+    }
+
+    private func exited(_ name: String, _ exit: VMExit) async {
+        guard instances[name] != nil else { return }
+        instances[name] = nil
+        guard var record = try? store.find(name) else { return }
+        record.pid = nil
+        if destroying.remove(name) != nil {
+            record.state = "shutoff"
+            record.reason = "destroyed"
+        } else {
+            switch exit {
+            case .poweredOff:
+                record.state = "shutoff"
+                record.reason = nil
+            case .panicked:
+                record.state = "crashed"
+                record.reason = "the guest kernel panicked"
+                record.lastConsoleLines = encodeLines(lastConsoleLines(name))
+            case .killed(let signal):
+                record.state = "crashed"
+                record.reason = "the hypervisor process was killed (signal \(signal))"
+                record.lastConsoleLines = encodeLines(lastConsoleLines(name))
+            case .failed(let message):
+                record.state = "crashed"
+                record.reason = message
+                record.lastConsoleLines = encodeLines(lastConsoleLines(name))
+            }
+        }
+        try? store.save(record)
+    }
+
+    // MARK: - Helpers
+
+    private func find(_ name: String) throws -> VMRecord {
+        guard let record = try store.find(name) else { throw HostError.notFound(name) }
+        return record
+    }
+
+    private func running(_ name: String, action: String) throws -> (VMRecord, any VirtualMachineInstance) {
+        let record = try find(name)
+        guard let vm = instances[name], record.state == "running" || record.state == "paused" else {
+            throw HostError.invalidState(name: name, state: record.state, action: action)
+        }
+        return (record, vm)
+    }
+
+    private func configuration(_ definition: VMDefinition, cpu: GuestCPU) throws -> VMConfiguration {
+        VMConfiguration(
+            name: definition.name, memoryMiB: definition.memoryMiB, vcpus: definition.vcpus, kernel: definition.kernel,
+            initrd: definition.initrd, cmdline: definition.cmdline, disk: definition.disk, cpu: cpu)
+    }
+
+    private func storedCPU(_ cpu: GuestCPU, mode: VMDefinition.CPUChoice) -> StoredGuestCPU {
+        let modeName: String
+        switch mode {
+        case .hostPassthrough: modeName = "host-passthrough"
+        case .definition(let definition): modeName = definition.mode == .custom ? "custom" : definition.mode.rawValue
+        case .compatibility: modeName = "compatibility"
+        case .pool: modeName = "pool"
+        }
+        var notHonoured: [String] = []
+        if let size = cpu.clflushLineSize, size != 64 {
+            notHonoured.append("CLFLUSH line size \(size) bytes: the hypervisor always reports 64 bytes")
+        }
+        return StoredGuestCPU(
+            mode: modeName, model: cpu.model, vendor: cpu.vendor, family: cpu.signature?.family,
+            modelNumber: cpu.signature?.model, stepping: cpu.signature?.stepping, features: map.registry.names(of: cpu.features),
+            clflushLineSize: cpu.clflushLineSize, notHonoured: notHonoured)
+    }
+
+    /// The guest CPU a record was started with.
+    private func storedCPU(_ record: VMRecord) throws -> GuestCPU {
+        guard let text = record.guestCPU, let stored = try? JSONDecoder().decode(StoredGuestCPU.self, from: Data(text.utf8))
+        else { throw HostError.database("VM '\(record.name)' has no recorded guest CPU") }
+        let signature = stored.family.map { CPUSignature(family: $0, model: stored.modelNumber ?? 0, stepping: stored.stepping ?? 0) }
+        return GuestCPU(
+            model: stored.model, vendor: stored.vendor, signature: signature, features: try map.registry.set(of: stored.features),
+            clflushLineSize: stored.clflushLineSize)
+    }
+
+    private func info(_ record: VMRecord) -> VMInfo {
+        let definition = try? VMDefinition(xml: record.definition)
+        let stored = record.guestCPU.flatMap { try? JSONDecoder().decode(StoredGuestCPU.self, from: Data($0.utf8)) }
+        let vmFiles = files(record.name)
+        return VMInfo(
+            name: record.name, state: record.state, vcpus: definition?.vcpus ?? 0, memoryMiB: definition?.memoryMiB ?? 0,
+            cpu: stored.map {
+                GuestCPUInfo(
+                    mode: $0.mode, model: $0.model, vendor: $0.vendor, family: $0.family, modelNumber: $0.modelNumber,
+                    stepping: $0.stepping, features: $0.features, clflushLineSize: $0.clflushLineSize, notHonoured: $0.notHonoured)
+            }, pid: record.pid, consoleLog: vmFiles.consoleLog.path, consoleSocket: vmFiles.consoleSocket.path,
+            reason: record.reason,
+            lastConsoleLines: record.lastConsoleLines.flatMap { try? JSONDecoder().decode([String].self, from: Data($0.utf8)) })
+    }
+
+    private func lastConsoleLines(_ name: String, count: Int = 20) -> [String] {
+        guard let data = try? Data(contentsOf: files(name).consoleLog) else { return [] }
+        let lines = String(decoding: data.suffix(32768), as: UTF8.self).split(whereSeparator: \.isNewline).map {
+            $0.trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
+        }
+        return Array(lines.suffix(count))
+    }
+
+    private func encode<T: Encodable>(_ value: T) -> String? {
+        (try? JSONEncoder().encode(value)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    private func encodeLines(_ lines: [String]) -> String? { encode(lines) }
+}

@@ -1,0 +1,88 @@
+import Foundation
+import GRDB
+
+/// One VM as stored in the host's state database.
+struct VMRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
+    static let databaseTableName = "vm"
+
+    var name: String
+    /// The domain XML as the user gave it.
+    var definition: String
+    /// running, paused, shutoff or crashed.
+    var state: String
+    /// The hypervisor process while running or paused.
+    var pid: Int32?
+    /// The guest CPU it was started with (JSON of `StoredGuestCPU`), kept until it restarts.
+    var guestCPU: String?
+    /// Why it last stopped, when not cleanly.
+    var reason: String?
+    /// The console's last lines when it crashed (JSON array).
+    var lastConsoleLines: String?
+    var updatedAt: Date
+}
+
+/// The guest CPU as stored: names, so it survives map changes and reads without the map.
+struct StoredGuestCPU: Codable, Sendable {
+    var mode: String
+    var model: String?
+    var vendor: String?
+    var family: Int?
+    var modelNumber: Int?
+    var stepping: Int?
+    var features: [String]
+    var clflushLineSize: Int?
+    var notHonoured: [String]
+}
+
+/// The host's VM definitions and states, in SQLite under the state directory.
+///
+/// Schema (migration "v1"): table `vm` with `name` (primary key), `definition`, `state`, `pid`,
+/// `guestCPU`, `reason`, `lastConsoleLines`, `updatedAt`.
+struct VMStore: Sendable {
+    let queue: DatabaseQueue
+
+    init(path: String) throws {
+        do {
+            queue = try DatabaseQueue(path: path)
+            var migrator = DatabaseMigrator()
+            migrator.registerMigration("v1") { db in
+                try db.create(table: "vm") { table in
+                    table.primaryKey("name", .text)
+                    table.column("definition", .text).notNull()
+                    table.column("state", .text).notNull()
+                    table.column("pid", .integer)
+                    table.column("guestCPU", .text)
+                    table.column("reason", .text)
+                    table.column("lastConsoleLines", .text)
+                    table.column("updatedAt", .datetime).notNull()
+                }
+            }
+            try migrator.migrate(queue)
+        } catch {
+            throw HostError.database("cannot open \(path): \(error)")
+        }
+    }
+
+    func all() throws -> [VMRecord] {
+        do { return try queue.read { try VMRecord.order(Column("name")).fetchAll($0) } } catch { throw HostError.database("\(error)") }
+    }
+
+    func find(_ name: String) throws -> VMRecord? {
+        do { return try queue.read { try VMRecord.fetchOne($0, key: name) } } catch { throw HostError.database("\(error)") }
+    }
+
+    func insert(_ record: VMRecord) throws {
+        do { try queue.write { try record.insert($0) } } catch { throw HostError.database("\(error)") }
+    }
+
+    func save(_ record: VMRecord) throws {
+        var record = record
+        record.updatedAt = Date()
+        let copy = record
+        do { try queue.write { try copy.save($0) } } catch { throw HostError.database("\(error)") }
+    }
+
+    func delete(_ name: String) throws {
+        do { _ = try queue.write { try VMRecord.deleteOne($0, key: name) } } catch { throw HostError.database("\(error)") }
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import Hummingbird
+import TernAPI
+import TernCPU
+import TernHost
+import TernHypervisor
+
+extension VMInfo: ResponseEncodable {}
+extension HostInfo: ResponseEncodable {}
+extension ConsoleText: ResponseEncodable {}
+extension DefineRequest: ResponseCodable {}
+
+/// The routes of Tern's API (documented in `TernAPI/APITypes.swift`) over a ``Host``.
+enum APIRouter {
+    static func make(host: VMHost) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.middlewares.add(ErrorMiddleware())
+        router.get("/host") { _, _ in try await host.hostInfo() }
+        router.get("/vms") { _, _ in try await host.list() }
+        router.post("/vms") { request, context -> VMInfo in
+            let body = try await request.decode(as: DefineRequest.self, context: context)
+            return try await host.define(xml: body.xml)
+        }
+        router.get("/vms/{name}") { _, context in try await host.info(context.parameters.require("name")) }
+        router.delete("/vms/{name}") { _, context in try await host.undefine(context.parameters.require("name")) }
+        router.post("/vms/{name}/start") { _, context in try await host.start(context.parameters.require("name")) }
+        router.post("/vms/{name}/shutdown") { _, context in try await host.shutdown(context.parameters.require("name")) }
+        router.post("/vms/{name}/destroy") { _, context in try await host.destroy(context.parameters.require("name")) }
+        router.post("/vms/{name}/suspend") { _, context in try await host.suspend(context.parameters.require("name")) }
+        router.post("/vms/{name}/resume") { _, context in try await host.resume(context.parameters.require("name")) }
+        router.get("/vms/{name}/console") { request, context -> ConsoleText in
+            let lines = request.uri.queryParameters.get("lines", as: Int.self) ?? 50
+            return ConsoleText(lines: try await host.console(context.parameters.require("name"), lines: lines))
+        }
+        return router
+    }
+}
+
+/// Turns every error into a JSON `APIError` with a fitting status; the daemon keeps running.
+struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError {
+            return try json(APIError(code: "http", error: error.body ?? "\(error.status)"), status: error.status)
+        } catch {
+            let (status, code) = classify(error)
+            return try json(APIError(code: code, error: "\(error)"), status: status)
+        }
+    }
+
+    private func classify(_ error: any Error) -> (HTTPResponse.Status, String) {
+        switch error {
+        case let error as HostError:
+            switch error {
+            case .notFound: return (.notFound, "not-found")
+            case .alreadyExists: return (.conflict, "already-exists")
+            case .invalidState: return (.conflict, "invalid-state")
+            case .unreadableFile: return (.badRequest, "unreadable-file")
+            case .database: return (.internalServerError, "database")
+            }
+        case is VMDefinitionError: return (.badRequest, "invalid-definition")
+        case let error as CPUError:
+            switch error {
+            case .hostCannotOffer, .hostNotInPool, .forbiddenFeaturePresent, .mixedVendors: return (.unprocessableContent, "cpu-not-offered")
+            default: return (.badRequest, "invalid-cpu")
+            }
+        case let error as HypervisorError:
+            switch error {
+            case .badFile, .invalidConfiguration: return (.badRequest, "invalid-definition")
+            case .cpuNotOffered, .cpuMismatch: return (.unprocessableContent, "cpu-not-offered")
+            default: return (.internalServerError, "hypervisor")
+            }
+        default: return (.internalServerError, "internal")
+        }
+    }
+
+    private func json(_ body: APIError, status: HTTPResponse.Status) throws -> Response {
+        let data = try JSONEncoder().encode(body)
+        return Response(
+            status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}

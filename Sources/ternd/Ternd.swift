@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import TernAPI
+import TernCPU
+import TernHost
+import TernQEMU
+
+/// `ternd`: one per host. Serves the HTTP/JSON API of `TernAPI` on a unix socket (and on TCP
+/// when asked) in front of a ``VMHost``.
+@main
+struct Ternd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ternd", abstract: "Tern's host daemon: runs VMs on this host and serves Tern's API.",
+        discussion: """
+            Several daemons can run side by side on one machine, each with its own state \
+            directory, socket, port and --host-cpu: a test cluster on one machine.
+            """)
+
+    @Option(help: ArgumentHelp("Where VM definitions, state and console logs live.", valueName: "dir"))
+    var stateDir = "/var/lib/tern"
+    @Option(help: ArgumentHelp("The API's unix socket (default: STATE-DIR/ternd.sock).", valueName: "path"))
+    var socket: String?
+    @Option(help: ArgumentHelp("Also serve the API on TCP, e.g. 127.0.0.1:7070.", valueName: "host:port"))
+    var listen: String?
+    @Option(
+        name: .customLong("host-cpu"),
+        help: ArgumentHelp(
+            "Offer guests no more than this CPU: a <cpudata> dump, a <cpu> description or capabilities XML. "
+                + "This is how a host stands in for an older or different processor.", valueName: "file"))
+    var hostCPU: String?
+    @Option(help: ArgumentHelp("Use a libvirt cpu_map directory instead of Tern's own CPU models.", valueName: "dir"))
+    var cpuMap: String?
+
+    func run() async throws {
+        var logger = Logger(label: "ternd")
+        logger.logLevel = .info
+        let stateDirectory = URL(fileURLWithPath: stateDir)
+        try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
+        let map = try cpuMap.map { try CPUMap.libvirt(directory: $0) } ?? CPUMap.builtin()
+        let hypervisor = try await QEMUHypervisor.detect(map: map, cacheDirectory: stateDirectory.appendingPathComponent("cache"))
+        var capabilities = try HostCapabilities.probe(
+            map: map, hostCPUFile: hostCPU, accelerator: hypervisor.accelerator, acceleratorReason: hypervisor.acceleratorReason)
+        capabilities.limit(hypervisorOffer: try await hypervisor.hostOffer())
+        let host = try VMHost(hypervisor: hypervisor, capabilities: capabilities, stateDirectory: stateDirectory)
+        await host.recover()
+
+        let socketPath = socket ?? stateDirectory.appendingPathComponent("ternd.sock").path
+        try? FileManager.default.removeItem(atPath: socketPath)
+        var services: [any Service] = [
+            Application(
+                router: APIRouter.make(host: host),
+                configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "ternd"), logger: logger)
+        ]
+        if let listen {
+            let parts = listen.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]) else {
+                throw ValidationError("--listen expects host:port, e.g. 127.0.0.1:7070")
+            }
+            services.append(
+                Application(
+                    router: APIRouter.make(host: host),
+                    configuration: .init(address: .hostname(String(parts[0]), port: port), serverName: "ternd"), logger: logger))
+        }
+        logger.info(
+            "ternd ready",
+            metadata: [
+                "socket": .string(socketPath), "tcp": .string(listen ?? "-"), "accelerator": .string(hypervisor.accelerator.rawValue),
+                "host-cpu": .string(capabilities.host.source),
+            ])
+        let group = ServiceGroup(
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
