@@ -45,11 +45,17 @@ let package = Package(
             dependencies: ["TernCPU", "TernHypervisor", "TernAPI", "CTernHost", .product(name: "GRDB", package: "GRDB.swift")]
         ),
         // The daemon's JSON types (shared with its clients).
-        .target(name: "TernAPI"),
+        .target(
+            name: "TernAPI",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "tern",
             dependencies: [
-                "TernCPU", "TernHost", "TernHypervisor", "TernQEMU",
+                "TernCPU", "TernHost", "TernHypervisor", "TernQEMU", "TernAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -11,7 +11,8 @@ struct Tern: AsyncParsableCommand {
         abstract: "Run VMs whose processor Tern controls, and move them between hosts that differ.",
         subcommands: [
             Capabilities.self, DomCapabilities.self, CPUCompare.self, CPUBaseline.self, CPUModels.self,
-            CPUFeatures.self, CPUIDCommand.self, MigrateCheck.self, Run.self,
+            CPUFeatures.self, CPUIDCommand.self, MigrateCheck.self, Run.self, Define.self, Start.self, List.self,
+            DomInfo.self, Console.self, Shutdown.self, Destroy.self, Suspend.self, Resume.self, Undefine.self,
         ])
 }
 
