@@ -25,9 +25,6 @@ extension CPUDefinition {
         do {
             root = try XMLNode.parse(xml, source: source)
         } catch let error {
-            guard case .malformedXML(_, _, _, let message) = error,
-                message == XMLNode.extraContentMessage || message == "more than one root element"
-            else { throw error }
             var text = xml
             while let start = text.range(of: "<?xml"),
                 let end = text.range(of: "?>", range: start.upperBound..<text.endIndex)
@@ -35,7 +32,11 @@ extension CPUDefinition {
                 let width = text.distance(from: start.lowerBound, to: end.upperBound)
                 text.replaceSubrange(start.lowerBound..<end.upperBound, with: String(repeating: " ", count: width))
             }
-            root = try XMLNode.parse("<tern-cpus>" + text + "</tern-cpus>", source: source)
+            // Several roots read fine once wrapped; anything else keeps the first error.
+            guard let wrapped = try? XMLNode.parse("<tern-cpus>" + text + "</tern-cpus>", source: source),
+                wrapped.children.count > 1
+            else { throw error }
+            root = wrapped
         }
         var result: [CPUDefinition] = []
         for element in cpuElements(in: root) { result.append(try CPUDefinition(element: element, source: source)) }

@@ -26,8 +26,6 @@ public struct XMLNode: Sendable {
         let message: String
         if let failure = builder.failure {
             message = failure
-        } else if builder.root != nil && builder.stack.isEmpty {
-            message = extraContentMessage
         } else if ok, let open = builder.stack.last {
             message = "the document ended before <\(open.name)> (line \(open.line)) was closed"
         } else if ok || data.allSatisfy({ $0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09 }) {
@@ -40,9 +38,6 @@ public struct XMLNode: Sendable {
         throw .malformedXML(
             source: source, line: max(parser.lineNumber, 1), column: max(parser.columnNumber, 1), message: message)
     }
-
-    /// The message for text after the root element closed (several roots).
-    static let extraContentMessage = "extra content after the root element"
 
     public static func parse(_ text: String, source: String) throws(CPUError) -> XMLNode {
         try parse(Data(text.utf8), source: source)

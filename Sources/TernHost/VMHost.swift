@@ -277,10 +277,14 @@ public actor VMHost {
             lastConsoleLines: record.lastConsoleLines.flatMap { try? JSONDecoder().decode([String].self, from: Data($0.utf8)) })
     }
 
+    /// The console's last lines; when they hold a kernel panic, from a few lines before it.
     private func lastConsoleLines(_ name: String, count: Int = 20) -> [String] {
         guard let data = try? Data(contentsOf: files(name).consoleLog) else { return [] }
-        let lines = String(decoding: data.suffix(32768), as: UTF8.self).split(whereSeparator: \.isNewline).map {
+        let lines = String(decoding: data.suffix(65536), as: UTF8.self).split(whereSeparator: \.isNewline).map {
             $0.trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
+        }
+        if let panic = lines.lastIndex(where: { $0.contains("Kernel panic - not syncing") }) {
+            return Array(lines[max(0, panic - 5)...].prefix(60))
         }
         return Array(lines.suffix(count))
     }

@@ -1,0 +1,156 @@
+import Foundation
+import TernTestSupport
+import Testing
+
+/// Drives `ternd` through `tern` as a user would, with real guests.
+@Suite(.serialized) struct DaemonTests {
+    init() throws { try TestGuest.ensureBuilt() }
+
+    func define(_ daemon: TestDaemon, _ xml: String) throws -> ProgramRun {
+        try daemon.tern("define", "-", stdin: xml)
+    }
+
+    @Test func defineStartInspectAndStopAVM() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        #expect(try define(daemon, TestDaemon.domainXML(name: "counter1", vcpus: 2)).out.contains("Domain 'counter1' defined"))
+        #expect(try daemon.tern("start", "counter1").status == 0)
+        #expect(daemon.waitForConsole("counter1", "TERN-GUEST: counter 3"))
+        let list = try daemon.tern("list")
+        #expect(list.out.contains("counter1") && list.out.contains("running"))
+        let info = try daemon.tern("dominfo", "counter1")
+        #expect(info.out.contains("State:          running"))
+        #expect(info.out.contains("CPU mode:       host-passthrough"))
+        let log = try daemon.tern("console", "counter1", "--log", "--lines", "5")
+        #expect(log.out.contains("TERN-GUEST: counter"))
+        #expect(try daemon.tern("suspend", "counter1").status == 0)
+        #expect(try daemon.tern("dominfo", "counter1").out.contains("paused"))
+        #expect(try daemon.tern("resume", "counter1").status == 0)
+        #expect(try daemon.tern("destroy", "counter1").status == 0)
+        #expect(try daemon.tern("dominfo", "counter1").out.contains("shutoff"))
+        #expect(try daemon.tern("undefine", "counter1").status == 0)
+        #expect(try daemon.tern("dominfo", "counter1").status != 0)
+    }
+
+    @Test func aGuestThatPowersOffIsShutOff() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "flags", mode: "flags"))
+        #expect(try daemon.tern("start", "flags").status == 0)
+        #expect(daemon.waitForConsole("flags", "TERN-GUEST: done"))
+        var state = ""
+        for _ in 0..<100 where state != "shutoff" {
+            state = try daemon.tern("dominfo", "flags", "--json").out.contains("\"state\" : \"shutoff\"") ? "shutoff" : ""
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(state == "shutoff")
+    }
+
+    @Test func restartKeepsDefinitionsAndReconnectsToRunningVMs() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "survivor"))
+        _ = try define(daemon, TestDaemon.domainXML(name: "idle"))
+        #expect(try daemon.tern("start", "survivor").status == 0)
+        #expect(daemon.waitForConsole("survivor", "TERN-GUEST: counter 2"))
+        let before = try daemon.tern("dominfo", "survivor", "--json").out
+        daemon.kill()
+        try daemon.start()
+        let after = try daemon.tern("dominfo", "survivor", "--json").out
+        #expect(after.contains("\"state\" : \"running\""))
+        let pid = { (text: String) in text.split(separator: "\n").first { $0.contains("\"pid\"") } }
+        #expect(pid(before) != nil && pid(before) == pid(after))
+        #expect(try daemon.tern("list").out.contains("idle"))
+        let counter = daemon.lastCounter("survivor")
+        #expect(daemon.waitForConsole("survivor", "TERN-GUEST: counter \(counter + 3)"))
+        // The reattached VM is controllable.
+        #expect(try daemon.tern("destroy", "survivor").status == 0)
+    }
+
+    @Test func aVMWhoseQEMUDiedWhileTheDaemonWasDownIsReportedCrashed() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "lost"))
+        #expect(try daemon.tern("start", "lost").status == 0)
+        #expect(daemon.waitForConsole("lost", "TERN-GUEST: counter 1"))
+        daemon.kill()
+        let info = try String(contentsOf: daemon.stateDirectory.appendingPathComponent("vms/lost/pid"), encoding: .utf8)
+        if let pid = Int32(info.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) }
+        Thread.sleep(forTimeInterval: 0.3)
+        try daemon.start()
+        let after = try daemon.tern("dominfo", "lost")
+        #expect(after.out.contains("crashed"))
+        #expect(after.out.contains("TERN-GUEST: counter"))
+    }
+
+    @Test func aPanickingGuestIsCrashedWithItsLastConsoleLines() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "panics", mode: "panic"))
+        _ = try define(daemon, TestDaemon.domainXML(name: "bystander"))
+        #expect(try daemon.tern("start", "bystander").status == 0)
+        #expect(try daemon.tern("start", "panics").status == 0)
+        var info = ""
+        for _ in 0..<300 where !info.contains("crashed") {
+            info = try daemon.tern("dominfo", "panics").out
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(info.contains("State:          crashed"))
+        #expect(info.contains("the guest kernel panicked"))
+        #expect(info.contains("Kernel panic"))
+        // The daemon and the other VM keep running.
+        #expect(try daemon.tern("dominfo", "bystander").out.contains("running"))
+    }
+
+    @Test func badInputIsRefusedAndNothingElseIsDisturbed() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "steady"))
+        #expect(try daemon.tern("start", "steady").status == 0)
+
+        let duplicate = try define(daemon, TestDaemon.domainXML(name: "steady"))
+        #expect(duplicate.status != 0 && duplicate.err.contains("already defined"))
+        let malformed = try define(daemon, "<domain>\n<name>x</name>\n<memory>1</memory\n</domain>")
+        #expect(malformed.status != 0 && malformed.err.contains("malformed XML") && malformed.err.contains("<definition>:4:"))
+        let unknownModel = try define(daemon, TestDaemon.domainXML(name: "m", cpu: "<cpu><model>Haswel</model></cpu>"))
+        #expect(unknownModel.status != 0 && unknownModel.err.contains("did you mean 'Haswell'"))
+        let unknownFeature = try define(
+            daemon, TestDaemon.domainXML(name: "f", cpu: "<cpu><model>qemu64</model><feature name='avx3'/></cpu>"))
+        #expect(unknownFeature.status != 0 && unknownFeature.err.contains("unknown CPU feature 'avx3'"))
+
+        _ = try define(daemon, TestDaemon.domainXML(name: "toosmall", memoryMiB: 16))
+        let small = try daemon.tern("start", "toosmall")
+        #expect(small.status != 0 && small.err.contains("too small"))
+        _ = try define(daemon, TestDaemon.domainXML(name: "nokernel", kernel: "/nonexistent/vmlinuz"))
+        let missing = try daemon.tern("start", "nokernel")
+        #expect(missing.status != 0 && missing.err.contains("kernel not found"))
+        let garbage = daemon.stateDirectory.appendingPathComponent("garbage-kernel")
+        try Data(repeating: 0x41, count: 8192).write(to: garbage)
+        _ = try define(daemon, TestDaemon.domainXML(name: "garbage", kernel: garbage.path))
+        let bad = try daemon.tern("start", "garbage")
+        #expect(bad.status != 0 && bad.err.contains("failed to start"), "\(bad.err)")
+        _ = try define(daemon, TestDaemon.domainXML(name: "haswell", cpu: "<cpu><model>Haswell-noTSX</model></cpu>"))
+        let cpu = try daemon.tern("start", "haswell")
+        #expect(cpu.status != 0 && cpu.err.contains("missing features") && cpu.err.contains("x2apic"), "\(cpu.err)")
+
+        // After all that, the daemon and its running VM are fine.
+        let counter = daemon.lastCounter("steady")
+        #expect(daemon.waitForConsole("steady", "TERN-GUEST: counter \(counter + 2)"))
+        #expect(try daemon.tern("dominfo", "steady").out.contains("running"))
+    }
+
+    @Test func daemonsSideBySideOfferDifferentCPUs() throws {
+        let modern = try TestDaemon()
+        let old = try TestDaemon(hostCPU: packageRoot.appendingPathComponent("\(cpuidDumps)/Core-i7-2600.xml").path)
+        defer {
+            modern.tearDown()
+            old.tearDown()
+        }
+        let xml = TestDaemon.domainXML(name: "needs-avx2", mode: "flags", cpu: "<cpu><model>Nehalem</model><feature policy='disable' name='vme'/><feature name='avx2'/></cpu>")
+        _ = try define(modern, xml)
+        _ = try define(old, xml)
+        #expect(try modern.tern("start", "needs-avx2").status == 0)
+        let refused = try old.tern("start", "needs-avx2")
+        #expect(refused.status != 0 && refused.err.contains("avx2"))
+    }
+}
