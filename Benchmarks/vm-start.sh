@@ -189,7 +189,10 @@ until_ok() {
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
 
 # ---- libvirt ---------------------------------------------------------------------------
-pidfile_pid() { local p; [[ -r $1 ]] && read -r p < "$1" && alive "$p" && echo "$p"; }
+pidfile_pid() { # the pid in a pid file (often without a trailing newline), if it runs
+    local p=""
+    [[ -r $1 ]] && { read -r p < "$1" || [[ -n $p ]]; } && alive "$p" && echo "$p"
+}
 libvirt_ok() { timeout 60 "${VIRSH[@]}" version >/dev/null 2>&1; }
 if [[ ! -S /run/libvirt/virtlogd-sock ]]; then
     log "starting virtlogd -d (libvirt's QEMU needs it for its log)"

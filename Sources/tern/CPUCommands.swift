@@ -40,17 +40,18 @@ struct CapabilitiesJSON: Encodable {
     var hostSource: String
 }
 
-struct DomCapabilities: ParsableCommand {
+struct DomCapabilities: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "domcapabilities",
-        abstract: "Print what a VM may use on this host (like 'virsh domcapabilities').")
+        abstract: "Print what a VM may use on this host (like 'virsh domcapabilities').",
+        discussion: "Asks QEMU what it can give a guest under the accelerator it will use (cached after the first time).")
 
     @OptionGroup var map: MapOptions
     @OptionGroup var host: HostOptions
 
-    func run() throws {
-        let caps = try host.capabilities(map: map.load())
-        print(try DomainCapabilities(caps).xml(), terminator: "")
+    func run() async throws {
+        let (caps, hypervisor) = try await host.capabilitiesWithHypervisor(map: map.load())
+        print(try DomainCapabilities(caps, qemuVersion: hypervisor.capabilities.version).xml(), terminator: "")
     }
 }
 

@@ -5,16 +5,22 @@ import TernHost
 /// libvirt's domain capabilities XML: what a VM may use on this host.
 struct DomainCapabilities {
     var caps: HostCapabilities
+    var qemuVersion: String
 
-    init(_ caps: HostCapabilities) { self.caps = caps }
+    init(_ caps: HostCapabilities, qemuVersion: String) {
+        self.caps = caps
+        self.qemuVersion = qemuVersion
+    }
 
     func xml() throws -> String {
         let map = caps.map
-        let host = caps.host.cpu
+        // What a guest may get here: QEMU's offer under this accelerator, limited to the host CPU.
+        let host = caps.guestOffer ?? caps.host.cpu
         var out = "<domainCapabilities>\n"
         if let emulator = HostCapabilities.emulatorPath { out += "  <path>\(emulator)</path>\n" }
-        out += "  <domain>\(caps.accelerator.domainType)</domain>\n  <arch>x86_64</arch>\n"
-        out += "  <!-- accelerator: \(caps.acceleratorReason) -->\n"
+        out += "  <domain>\(caps.accelerator.domainType)</domain>\n  <machine>q35</machine>\n  <arch>x86_64</arch>\n"
+        out += "  <!-- QEMU \(qemuVersion); accelerator: \(caps.acceleratorReason) -->\n"
+        out += "  <!-- host CPU: \(caps.host.source); a guest may get the \(host.features.count) features QEMU offers that it has -->\n"
         out += "  <vcpu max='\(max(caps.topology.vcpus, 255))'/>\n  <cpu>\n"
         out += "    <mode name='host-passthrough' supported='yes'>\n"
         out += "      <enum name='hostPassthroughMigratable'>\n        <value>on</value>\n        <value>off</value>\n      </enum>\n    </mode>\n"
@@ -44,7 +50,8 @@ struct DomainCapabilities {
         // Tern's own modes (not in libvirt): classic compatibility mode and pool mode.
         if let vendor = host.vendor, let mask = CompatibilityMask.forVendor(vendor) {
             let withheld = try mask.withheld(in: map.registry).intersection(host.features)
-            out += "    <mode name='compatibility' supported='yes' clflushLineSize='\(CompatibilityMask.clflushLineSize)'>\n"
+            out += "    <!-- QEMU always reports a 64-byte CLFLUSH line: the 8-byte size of compatibility mode is not honoured -->\n"
+            out += "    <mode name='compatibility' supported='yes' clflushLineSize='\(CompatibilityMask.clflushLineSize)' clflushHonoured='no'>\n"
             for name in map.registry.names(of: withheld) { out += "      <feature policy='disable' name='\(name)'/>\n" }
             out += "    </mode>\n"
         } else {
