@@ -16,6 +16,7 @@
 #   CPU           guest CPU in tern's --cpu syntax (default qemu64,-vme,-svm); the libvirt
 #                 domain gets the same model with the same features disabled
 #   BOOT_TIMEOUT  seconds to wait for the marker (default 120); every other wait has a limit too
+#   SETTLE        seconds of quiet before each start (default 1)
 # Needs root (libvirt's qemu:///system; starts libvirtd/virtlogd when absent and stops them
 # again at the end). TCG only: QEMU is never given KVM here.
 set -uo pipefail
@@ -26,6 +27,7 @@ RUNS=${RUNS:-5}
 WARMUP=${WARMUP:-1}
 CPU=${CPU:-qemu64,-vme,-svm}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
+SETTLE=${SETTLE:-1}          # seconds of quiet before each timed start
 MARKER='TERN-GUEST: ready'
 CMDLINE_FLAGS='console=ttyS0 quiet cryptomgr.notests tern.mode=flags'
 CMDLINE_IDLE='console=ttyS0 quiet cryptomgr.notests tern.mode=counter'
@@ -349,12 +351,17 @@ log "guest CPU: $CPU (libvirt: ${LV_CPU})"
 log "tern binaries: $TERN_BIN; $RUNS timed run(s) after $WARMUP warm-up run(s); marker: '$MARKER'"
 total=$((WARMUP + RUNS))
 for ((i = 1; i <= total; i++)); do
-    line=""
-    for m in "${METHODS[@]}"; do
+    declare -A this=()
+    # rotate the order every iteration so no method always runs right after another's teardown
+    for ((k = 0; k < ${#METHODS[@]}; k++)); do
+        m=${METHODS[(k + i) % ${#METHODS[@]}]}
+        nap "$SETTLE"
         case $m in raw) run_raw "$i" ;; run) run_tern_run "$i" ;; start) run_tern_start "$i" ;; virsh) run_virsh "$i" ;; esac
-        line+=" $m=$(ms "$T")ms"
+        this[$m]=$T
         ((i > WARMUP)) && TIMES[$m]+="$T "
     done
+    line=""
+    for m in "${METHODS[@]}"; do line+=" $m=$(ms "${this[$m]}")ms"; done
     if ((i > WARMUP)); then log "run $((i - WARMUP))/$RUNS:$line"; else log "warm-up:$line"; fi
 done
 
@@ -395,6 +402,7 @@ for m in "${METHODS[@]}"; do read -r "MED[$m]" "MIN[$m]" <<< "$(stats "${TIMES[$
 
 echo
 echo "VM start to '$MARKER' (TCG, 1 vCPU, 256 MiB, cpu $CPU; $RUNS runs, interleaved; tern from $TERN_BIN)"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPU(s) (TCG boot times follow host load)"
 printf '%-26s %12s %10s %18s %16s\n' method "median ms" "min ms" "median - raw ms" "min - raw ms"
 for m in "${METHODS[@]}"; do
     if [[ $m == raw ]]; then dmed="-"; dmin="-"

@@ -8,14 +8,17 @@ import Glibc
 public final class TestDaemon: @unchecked Sendable {
     public let stateDirectory: URL
     public let hostCPU: String?
+    /// More `ternd` arguments (e.g. `--listen`).
+    public let extraArguments: [String]
     public var socket: String { stateDirectory.appendingPathComponent("ternd.sock").path }
     private var process: Process?
 
     /// Starts a daemon in a new temporary state directory (or `stateDirectory`).
-    public init(hostCPU: String? = nil, stateDirectory: URL? = nil) throws {
+    public init(hostCPU: String? = nil, stateDirectory: URL? = nil, extraArguments: [String] = []) throws {
         self.stateDirectory = stateDirectory
             ?? FileManager.default.temporaryDirectory.appendingPathComponent("ternd-test-\(UUID().uuidString.prefix(8))")
         self.hostCPU = hostCPU
+        self.extraArguments = extraArguments
         try start()
     }
 
@@ -23,7 +26,7 @@ public final class TestDaemon: @unchecked Sendable {
     public func start() throws {
         let process = Process()
         process.executableURL = packageRoot.appendingPathComponent(".build/debug/ternd")
-        process.arguments = ["--state-dir", stateDirectory.path] + (hostCPU.map { ["--host-cpu", $0] } ?? [])
+        process.arguments = ["--state-dir", stateDirectory.path] + (hostCPU.map { ["--host-cpu", $0] } ?? []) + extraArguments
         process.currentDirectoryURL = packageRoot
         let log = stateDirectory.appendingPathComponent("ternd.log")
         try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)

@@ -8,6 +8,10 @@ import TernCPU
 import TernHost
 import TernQEMU
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `ternd`: one per host. Serves the HTTP/JSON API of `TernAPI` on a unix socket (and on TCP
 /// when asked) in front of a ``VMHost``.
 @main
@@ -39,6 +43,12 @@ struct Ternd: AsyncParsableCommand {
         logger.logLevel = .info
         let stateDirectory = URL(fileURLWithPath: stateDir)
         try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
+        // One daemon per state directory: a second one would take over the first one's socket.
+        let lockPath = stateDirectory.appendingPathComponent("ternd.lock").path
+        let lock = open(lockPath, O_CREAT | O_RDWR, 0o644)
+        guard lock >= 0, flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+            throw ValidationError("another ternd is already using the state directory \(stateDir)")
+        }
         let map = try cpuMap.map { try CPUMap.libvirt(directory: $0) } ?? CPUMap.builtin()
         let hypervisor = try await QEMUHypervisor.detect(map: map, cacheDirectory: stateDirectory.appendingPathComponent("cache"))
         var capabilities = try HostCapabilities.probe(
@@ -73,5 +83,7 @@ struct Ternd: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+        try? FileManager.default.removeItem(atPath: socketPath)
+        close(lock)
     }
 }

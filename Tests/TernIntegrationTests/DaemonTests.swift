@@ -153,4 +153,30 @@ import Testing
         let refused = try old.tern("start", "needs-avx2")
         #expect(refused.status != 0 && refused.err.contains("avx2"))
     }
+
+    @Test func theAPIIsServedOnTCPWhenAskedAndOneDaemonPerStateDirectory() throws {
+        let port = 17_000 + Int(getpid() % 2000)
+        let daemon = try TestDaemon(extraArguments: ["--listen", "127.0.0.1:\(port)"])
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "over-tcp"))
+        let list = try tern(arguments: ["list", "--connect", "tcp://127.0.0.1:\(port)"])
+        #expect(list.status == 0 && list.out.contains("over-tcp"))
+        // A second daemon on the same state directory is refused and the first keeps working.
+        let second = try runProgram(
+            packageRoot.appendingPathComponent(".build/debug/ternd"), ["--state-dir", daemon.stateDirectory.path], timeout: 60)
+        #expect(second.status != 0 && second.err.contains("already using the state directory"))
+        #expect(try daemon.tern("list").out.contains("over-tcp"))
+    }
+
+    @Test func anUnreachableDaemonIsAClearError() throws {
+        let run = try tern(arguments: ["list", "--connect", "/nonexistent/ternd.sock"])
+        #expect(run.status != 0 && run.err.contains("cannot reach ternd at /nonexistent/ternd.sock"))
+    }
+
+    @Test func missingQEMUIsAClearError() throws {
+        let run = try runProgram(
+            packageRoot.appendingPathComponent(".build/debug/tern"), TestGuest.runArguments(mode: "flags"),
+            environment: ["TERN_QEMU": "/nonexistent/qemu-system-x86_64"])
+        #expect(run.status != 0 && run.err.contains("/nonexistent/qemu-system-x86_64 is not installed"))
+    }
 }
