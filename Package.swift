@@ -70,6 +70,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .testTarget(
+            name: "TernQEMUTests",
+            dependencies: [
+                "TernQEMU", "TernCPU", "TernHypervisor", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // Helpers for tests: running the built binaries, the test guest.
         .target(name: "TernTestSupport", path: "Sources/TernTestSupport"),
         // Runs the built `tern` as a user would.

@@ -27,6 +27,8 @@ public final class QMPClient: Sendable {
     fileprivate struct State {
         var nextID = 1
         var pending: [Int: CheckedContinuation<JSONValue, any Error>] = [:]
+        /// The command each pending id was sent for (for error messages).
+        var commands: [Int: String] = [:]
         var greeted: CheckedContinuation<Void, any Error>?
         var greeting: Bool = false
         var closed = false
@@ -72,20 +74,29 @@ public final class QMPClient: Sendable {
 
     private func waitForGreeting() async throws(QMPError) {
         do {
-            try await withTimeout(commandTimeout, command: "QMP greeting") {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                    let ready = self.state.withLockedValue { state -> Bool in
-                        if state.greeting { return true }
-                        state.greeted = continuation
-                        return false
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let ready = self.state.withLockedValue { state -> Bool in
+                    if state.greeting { return true }
+                    state.greeted = continuation
+                    return false
+                }
+                if ready {
+                    continuation.resume()
+                    return
+                }
+                // A continuation is resumed exactly once: whoever takes it out of the state does.
+                channel.eventLoop.scheduleTask(in: .milliseconds(Int64(commandTimeout * 1000))) {
+                    let waiter = self.state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+                        defer { state.greeted = nil }
+                        return state.greeted
                     }
-                    if ready { continuation.resume() }
+                    waiter?.resume(throwing: QMPError.timeout(command: "QMP greeting"))
                 }
             }
         } catch let error as QMPError {
             throw error
         } catch {
-            throw .connectionFailed(path: "", reason: "\(error)")
+            throw .disconnected
         }
     }
 
@@ -96,28 +107,35 @@ public final class QMPClient: Sendable {
     @discardableResult
     public func execute(_ command: String, _ arguments: [String: JSONValue]? = nil) async throws(QMPError) -> JSONValue {
         do {
-            return try await withTimeout(commandTimeout, command: command) {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JSONValue, any Error>) in
-                    let id: Int? = self.state.withLockedValue { state in
-                        if state.closed { return nil }
-                        let id = state.nextID
-                        state.nextID += 1
-                        state.pending[id] = continuation
-                        return id
+            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JSONValue, any Error>) in
+                let id: Int? = self.state.withLockedValue { state in
+                    if state.closed { return nil }
+                    let id = state.nextID
+                    state.nextID += 1
+                    state.pending[id] = continuation
+                    state.commands[id] = command
+                    return id
+                }
+                guard let id else {
+                    continuation.resume(throwing: QMPError.disconnected)
+                    return
+                }
+                var message: [String: JSONValue] = ["execute": .string(command), "id": .number(Double(id))]
+                if let arguments { message["arguments"] = .object(arguments) }
+                var data = (try? JSONEncoder().encode(JSONValue.object(message))) ?? Data()
+                data.append(0x0a)
+                // The reply, the timeout and a failed write race to take the continuation out of the
+                // state; only the one that finds it resumes it.
+                let fail = { @Sendable (error: QMPError) in
+                    let waiter = self.state.withLockedValue { state in
+                        state.commands[id] = nil
+                        return state.pending.removeValue(forKey: id)
                     }
-                    guard let id else {
-                        continuation.resume(throwing: QMPError.disconnected)
-                        return
-                    }
-                    var message: [String: JSONValue] = ["execute": .string(command), "id": .number(Double(id))]
-                    if let arguments { message["arguments"] = .object(arguments) }
-                    var data = (try? JSONEncoder().encode(JSONValue.object(message))) ?? Data()
-                    data.append(0x0a)
-                    let buffer = self.channel.allocator.buffer(bytes: data)
-                    self.channel.writeAndFlush(buffer).whenFailure { error in
-                        let pending = self.state.withLockedValue { $0.pending.removeValue(forKey: id) }
-                        pending?.resume(throwing: QMPError.disconnected)
-                    }
+                    waiter?.resume(throwing: error)
+                }
+                self.channel.writeAndFlush(self.channel.allocator.buffer(bytes: data)).whenFailure { _ in fail(.disconnected) }
+                self.channel.eventLoop.scheduleTask(in: .milliseconds(Int64(self.commandTimeout * 1000))) {
+                    fail(.timeout(command: command))
                 }
             }
         } catch let error as QMPError {
@@ -156,11 +174,13 @@ private final class Inbox: Sendable {
         } else if let name = message["event"]?.string {
             eventContinuation.yield(QMPClient.Event(name: name, data: message["data"]))
         } else if let id = message["id"]?.int {
-            let waiter = state.withLockedValue { $0.pending.removeValue(forKey: id) }
+            let (waiter, command) = state.withLockedValue { state in
+                (state.pending.removeValue(forKey: id), state.commands.removeValue(forKey: id))
+            }
             if let error = message["error"] {
                 waiter?.resume(
                     throwing: QMPError.commandFailed(
-                        command: "id \(id)", errorClass: error["class"]?.string ?? "GenericError",
+                        command: command ?? "id \(id)", errorClass: error["class"]?.string ?? "GenericError",
                         message: error["desc"]?.string ?? "\(error)"))
             } else {
                 waiter?.resume(returning: message["return"] ?? .null)
@@ -181,22 +201,6 @@ private final class Inbox: Sendable {
         }
         greeter?.resume(throwing: QMPError.disconnected)
         eventContinuation.finish()
-    }
-}
-
-/// Runs `body`, failing with ``QMPError/timeout(command:)`` after `seconds`.
-func withTimeout<T: Sendable>(
-    _ seconds: Double, command: String, _ body: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            throw QMPError.timeout(command: command)
-        }
-        defer { group.cancelAll() }
-        guard let result = try await group.next() else { throw QMPError.timeout(command: command) }
-        return result
     }
 }
 

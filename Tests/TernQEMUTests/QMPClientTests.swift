@@ -1,0 +1,130 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import TernQEMU
+
+/// A scripted QMP server on a unix socket: greets, then answers each command by name.
+final class FakeQMPServer: Sendable {
+    let path: String
+    let channel: any Channel
+
+    init() async throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("qmp-\(UUID().uuidString.prefix(8)).sock").path
+        channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Handler()) }
+            }
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+    }
+
+    func close() async {
+        try? await channel.close()
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    final class Handler: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+
+        func channelActive(context: ChannelHandlerContext) {
+            send(context, #"{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}"#)
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let text = String(buffer: unwrapInboundIn(data))
+            for line in text.split(separator: "\n") {
+                guard let message = try? JSONDecoder().decode(JSONValue.self, from: Data(line.utf8)),
+                    let command = message["execute"]?.string, let id = message["id"]?.int
+                else { continue }
+                switch command {
+                case "query-status":
+                    send(context, #"{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}"#)
+                    send(context, #"{"return": {"status": "paused", "running": false}, "id": \#(id)}"#)
+                case "boom":
+                    send(context, #"{"error": {"class": "GenericError", "desc": "it broke"}, "id": \#(id)}"#)
+                case "echo":
+                    let arguments = message["arguments"] ?? .null
+                    send(context, #"{"return": \#(arguments), "id": \#(id)}"#)
+                case "slow":
+                    continue
+                case "bye":
+                    context.close(promise: nil)
+                default:
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
+                }
+            }
+        }
+
+        private func send(_ context: ChannelHandlerContext, _ line: String) {
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: line + "\n")), promise: nil)
+        }
+    }
+}
+
+@Suite struct QMPClientTests {
+    @Test func negotiatesAndRunsCommands() async throws {
+        let server = try await FakeQMPServer()
+        let client = try await QMPClient.connect(path: server.path)
+        let status = try await client.execute("query-status")
+        #expect(status["status"]?.string == "paused")
+        let echoed = try await client.execute("echo", ["path": "/machine", "n": 3])
+        #expect(echoed == ["path": "/machine", "n": 3])
+        await client.close()
+        await server.close()
+    }
+
+    @Test func eventsArriveOnTheirStream() async throws {
+        let server = try await FakeQMPServer()
+        let client = try await QMPClient.connect(path: server.path)
+        _ = try await client.execute("query-status")
+        var iterator = client.events.makeAsyncIterator()
+        let event = await iterator.next()
+        #expect(event?.name == "STOP")
+        await client.close()
+        await server.close()
+    }
+
+    @Test func qemusErrorTextIsSurfacedWithTheCommand() async throws {
+        let server = try await FakeQMPServer()
+        let client = try await QMPClient.connect(path: server.path)
+        await #expect {
+            try await client.execute("boom")
+        } throws: { error in
+            guard case QMPError.commandFailed(let command, let errorClass, let message) = error else { return false }
+            return command == "boom" && errorClass == "GenericError" && message == "it broke"
+        }
+        await client.close()
+        await server.close()
+    }
+
+    @Test func aCommandWithoutAnswerTimesOut() async throws {
+        let server = try await FakeQMPServer()
+        let client = try await QMPClient.connect(path: server.path, timeout: 0.3)
+        await #expect {
+            try await client.execute("slow")
+        } throws: { error in
+            if case QMPError.timeout(let command) = error { return command == "slow" }
+            return false
+        }
+        await client.close()
+        await server.close()
+    }
+
+    @Test func aClosedConnectionFailsPendingAndLaterCommands() async throws {
+        let server = try await FakeQMPServer()
+        let client = try await QMPClient.connect(path: server.path)
+        await #expect(throws: QMPError.self) { try await client.execute("bye") }
+        await #expect(throws: QMPError.self) { try await client.execute("query-status") }
+        await server.close()
+    }
+
+    @Test func noServerIsAConnectionError() async throws {
+        await #expect {
+            try await QMPClient.connect(path: "/nonexistent/qmp.sock")
+        } throws: { error in
+            if case QMPError.connectionFailed(let path, _) = error { return path == "/nonexistent/qmp.sock" }
+            return false
+        }
+    }
+}
