@@ -70,6 +70,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .testTarget(name: "TernHostTests", dependencies: ["TernHost", "TernCPU"]),
         .testTarget(
             name: "TernQEMUTests",
             dependencies: [

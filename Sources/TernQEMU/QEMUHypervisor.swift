@@ -92,10 +92,13 @@ public struct QEMUHypervisor: Hypervisor {
     public func start(_ configuration: VMConfiguration, files: VMFiles, console: QEMUCommandLine.Console) async throws
         -> QEMUVirtualMachine
     {
+        let clock = ContinuousClock()
+        let begin = clock.now
         try validate(configuration)
         try FileManager.default.createDirectory(at: files.directory, withIntermediateDirectories: true)
         for file in [files.controlSocket, files.consoleSocket, files.pidFile] { try? FileManager.default.removeItem(at: file) }
         let daemonize = console == .socket
+        var timings = QEMUStartTimings()
         var command = commandLine(configuration, files: files, console: console, daemonize: daemonize)
         command.arguments.append("-S")
         let pid: Int32
@@ -135,6 +138,7 @@ public struct QEMUHypervisor: Hypervisor {
             pid = child.processIdentifier
             process = child
         }
+        timings.spawned = clock.now - begin
         let client: QMPClient
         do {
             client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path, pid: pid, process: process)
@@ -146,9 +150,13 @@ public struct QEMUHypervisor: Hypervisor {
         }
         let vm = QEMUVirtualMachine(
             name: configuration.name, pid: pid, client: client, files: files, map: map, child: process)
+        timings.controlReady = clock.now - begin
         do {
             try await vm.verifyCPU(configuration.cpu, capabilities: capabilities)
+            timings.verified = clock.now - begin
             try await vm.resume()
+            timings.running = clock.now - begin
+            vm.startTimings = timings
         } catch {
             try? await vm.destroy()
             throw error
@@ -171,4 +179,20 @@ public struct QEMUHypervisor: Hypervisor {
         let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
         return trimmed.isEmpty ? "QEMU exited without a message" : trimmed
     }
+}
+
+/// How long each phase of starting a VM took, measured from the start request.
+public struct QEMUStartTimings: Sendable, Equatable {
+    /// QEMU launched (for a daemonized QEMU: its launcher has exited).
+    public var spawned: Duration = .zero
+    /// QMP answered (QEMU's own set-up, paid by any way of starting QEMU).
+    public var controlReady: Duration = .zero
+    /// The guest's CPUID was read back and compared.
+    public var verified: Duration = .zero
+    /// The vCPUs run.
+    public var running: Duration = .zero
+
+    /// What Tern adds to a bare QEMU start: its work before launching QEMU plus the check and
+    /// the `cont` after QMP is ready.
+    public var ternOverhead: Duration { spawned + (running - controlReady) }
 }

@@ -18,6 +18,12 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     let child: Process?
     /// The last event that says why the VM stops: SHUTDOWN's reason, or GUEST_PANICKED.
     private let ending = NIOLockedValueBox<String?>(nil)
+    private let timings = NIOLockedValueBox(QEMUStartTimings())
+    /// How long starting this VM took, phase by phase.
+    public var startTimings: QEMUStartTimings {
+        get { timings.withLockedValue { $0 } }
+        set { timings.withLockedValue { $0 = newValue } }
+    }
     private let eventTask: Task<Void, Never>
 
     init(name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?) {

@@ -24,11 +24,14 @@ struct Run: AsyncParsableCommand {
     @Option(help: "The VM's name.") var name = "tern-run"
     @Flag(help: "Print the QEMU command line instead of running it.") var dryRun = false
     @Flag(help: "Print the guest's CPU (vendor and features) on standard error before it boots.") var showCPU = false
+    @Flag(help: "Print how long each phase of the start took on standard error.") var timing = false
     @OptionGroup var guest: GuestCPUOptions
     @OptionGroup var map: MapOptions
     @OptionGroup var host: HostOptions
 
     func run() async throws {
+        let clock = ContinuousClock()
+        let begin = clock.now
         let cpuMap = try map.load()
         let (caps, hypervisor) = try await host.capabilitiesWithHypervisor(map: cpuMap)
         guard let offer = caps.guestOffer else { throw ValidationError("no guest offer") }
@@ -49,7 +52,14 @@ struct Run: AsyncParsableCommand {
             return
         }
         defer { try? FileManager.default.removeItem(at: directory) }
+        let prepared = clock.now - begin
         let vm = try await hypervisor.start(configuration, files: files, console: .terminal)
+        if timing {
+            let t = vm.startTimings
+            printError(
+                "tern: timing: prepare=\(ms(prepared)) spawn=\(ms(t.spawned)) qmp-ready=\(ms(t.controlReady)) "
+                    + "cpu-verified=\(ms(t.verified)) running=\(ms(t.running)) tern-overhead=\(ms(prepared + t.ternOverhead))")
+        }
         let exit = await vm.waitForExit()
         switch exit {
         case .poweredOff:
