@@ -26,6 +26,8 @@ let package = Package(
             name: "TernCPU",
             resources: [.copy("Resources/features.json"), .copy("Resources/models.json")]
         ),
+        // Tern's save file format: header, checksums, the bounded validating reader.
+        .target(name: "TernSaveFile", dependencies: ["CTernHost"]),
         // Protocols for what Tern needs from any hypervisor, with Tern's own value types.
         .target(name: "TernHypervisor", dependencies: ["TernCPU"]),
         // The QEMU backend: accelerator detection, command line, QMP client, guest CPU translation.
@@ -42,12 +44,13 @@ let package = Package(
         // One host: its capabilities (real CPU or a recorded one standing in for it).
         .target(
             name: "TernHost",
-            dependencies: ["TernCPU", "TernHypervisor", "TernAPI", "CTernHost", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["TernCPU", "TernHypervisor", "TernAPI", "TernSaveFile", "CTernHost", .product(name: "GRDB", package: "GRDB.swift")]
         ),
         // The daemon's JSON types (shared with its clients).
         .target(
             name: "TernAPI",
             dependencies: [
+                "TernHypervisor",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
@@ -64,13 +67,14 @@ let package = Package(
         .executableTarget(
             name: "ternd",
             dependencies: [
-                "TernCPU", "TernHost", "TernHypervisor", "TernQEMU", "TernAPI",
+                "TernCPU", "TernHost", "TernSaveFile", "TernHypervisor", "TernQEMU", "TernAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "TernHostTests", dependencies: ["TernHost", "TernCPU"]),
+        .testTarget(name: "TernSaveFileTests", dependencies: ["TernSaveFile", "CTernHost"]),
         .testTarget(
             name: "TernQEMUTests",
             dependencies: [

@@ -1,3 +1,5 @@
+import TernHypervisor
+
 /// The JSON types of `ternd`'s HTTP API, shared by the daemon and its clients.
 ///
 /// Routes (all JSON; errors are `APIError` with an HTTP status):
@@ -11,6 +13,13 @@
 /// | DELETE | /vms/{name} | → `VMInfo` (undefine; the VM must be shut off) |
 /// | POST | /vms/{name}/start, /shutdown, /destroy, /suspend, /resume | → `VMInfo` |
 /// | GET | /vms/{name}/console?lines=N | → `ConsoleText` (the log's last lines) |
+/// | POST | /vms/{name}/save | `SaveRequest` → `SaveReport` (the VM is then shut off) |
+/// | POST | /restore | `RestoreRequest` → `RestoreReport` |
+/// | POST | /vms/{name}/migrate | `MigrateRequest` → `MigrationReport` (this daemon is the source) |
+/// | GET | /vms/{name}/migration | → `MigrationProgress` (the current or last migration) |
+/// | POST | /migrations/incoming | `IncomingMigrationRequest` → `IncomingMigrationReply` (destination: gate, then prepare) |
+/// | POST | /migrations/incoming/{name}/finish | → `VMInfo` (destination: the state is in, the guest runs) |
+/// | DELETE | /migrations/incoming/{name} | → `VMInfo` (destination: abort, nothing kept) |
 public enum API {
     /// The API's version, in every response's `Tern-API` header.
     public static let version = "1"
@@ -121,6 +130,178 @@ public struct HostInfo: Codable, Sendable {
 public struct ConsoleText: Codable, Sendable {
     public var lines: [String]
     public init(lines: [String]) { self.lines = lines }
+}
+
+/// The host a VM comes from, as recorded in save files and migration requests.
+public struct HostFingerprint: Codable, Sendable, Equatable {
+    public var hostname: String
+    /// `this host` or the `--host-cpu` file the host stands in for.
+    public var cpuSource: String
+    public var vendor: String?
+    public var family: Int?
+    public var model: Int?
+    public var stepping: Int?
+    public var accelerator: String
+    /// What a guest may get there.
+    public var offer: [String]
+
+    public init(
+        hostname: String, cpuSource: String, vendor: String?, family: Int?, model: Int?, stepping: Int?, accelerator: String,
+        offer: [String]
+    ) {
+        self.hostname = hostname
+        self.cpuSource = cpuSource
+        self.vendor = vendor
+        self.family = family
+        self.model = model
+        self.stepping = stepping
+        self.accelerator = accelerator
+        self.offer = offer
+    }
+}
+
+/// A VM on the move: what a destination (or a save file) needs besides the state stream.
+public struct VMTransfer: Codable, Sendable, Equatable {
+    public var name: String
+    /// Its libvirt domain XML.
+    public var definition: String
+    /// The guest CPU it has now (fixed when it booted); the destination must offer all of it.
+    public var cpu: GuestCPUInfo
+    /// Where it comes from.
+    public var source: HostFingerprint
+    /// Whether its vCPUs were running (false: paused) when it left.
+    public var running: Bool
+
+    public init(name: String, definition: String, cpu: GuestCPUInfo, source: HostFingerprint, running: Bool) {
+        self.name = name
+        self.definition = definition
+        self.cpu = cpu
+        self.source = source
+        self.running = running
+    }
+}
+
+/// `tern save`: where to write the VM's state (a path on the daemon's host).
+public struct SaveRequest: Codable, Sendable {
+    public var path: String
+    public init(path: String) { self.path = path }
+}
+
+public struct SaveReport: Codable, Sendable {
+    public var vm: VMInfo
+    public var path: String
+    /// The save file's size in bytes.
+    public var bytes: Int
+    public var durationMs: Int
+    public init(vm: VMInfo, path: String, bytes: Int, durationMs: Int) {
+        self.vm = vm
+        self.path = path
+        self.bytes = bytes
+        self.durationMs = durationMs
+    }
+}
+
+/// `tern restore`: a save file (a path on the daemon's host), optionally under another name.
+public struct RestoreRequest: Codable, Sendable {
+    public var path: String
+    public var name: String?
+    /// Keep the vCPUs paused after restoring (default: as they were when saved).
+    public var paused: Bool?
+    public init(path: String, name: String? = nil, paused: Bool? = nil) {
+        self.path = path
+        self.name = name
+        self.paused = paused
+    }
+}
+
+public struct RestoreReport: Codable, Sendable {
+    public var vm: VMInfo
+    /// The host that saved it.
+    public var source: HostFingerprint
+    public var durationMs: Int
+    public init(vm: VMInfo, source: HostFingerprint, durationMs: Int) {
+        self.vm = vm
+        self.source = source
+        self.durationMs = durationMs
+    }
+}
+
+/// `tern migrate`: where to, and how.
+public struct MigrateRequest: Codable, Sendable {
+    /// The destination daemon (`--connect` syntax: a socket path or tcp://host:port).
+    public var destination: String
+    public var parameters: MigrationParameters
+    /// Give up (the VM stays here) after this many seconds.
+    public var timeoutSeconds: Int?
+    /// Quick migration: save here, restore there (the file goes through `directory`, which both
+    /// hosts must see), instead of a live stream.
+    public var quickDirectory: String?
+
+    public init(destination: String, parameters: MigrationParameters, timeoutSeconds: Int? = nil, quickDirectory: String? = nil) {
+        self.destination = destination
+        self.parameters = parameters
+        self.timeoutSeconds = timeoutSeconds
+        self.quickDirectory = quickDirectory
+    }
+}
+
+/// What a migration did.
+public struct MigrationReport: Codable, Sendable {
+    /// The VM as the destination now reports it.
+    public var vm: VMInfo
+    public var destination: String
+    /// live or quick.
+    public var kind: String
+    /// From the request to the source forgetting its copy.
+    public var totalMs: Int
+    /// The destination's check and preparation (starting the receiving VM).
+    public var prepareMs: Int
+    /// The stream alone.
+    public var transferMs: Int
+    /// From the end of the stream to the destination's confirmation that the guest runs.
+    public var confirmMs: Int
+    /// How long the guest was stopped.
+    public var downtimeMs: Int
+    public var bytes: Int
+    public var rounds: Int
+    /// Average over the transfer, MiB/s.
+    public var throughputMiBps: Double
+
+    public init(
+        vm: VMInfo, destination: String, kind: String, totalMs: Int, prepareMs: Int, transferMs: Int, confirmMs: Int,
+        downtimeMs: Int, bytes: Int, rounds: Int, throughputMiBps: Double
+    ) {
+        self.prepareMs = prepareMs
+        self.confirmMs = confirmMs
+        self.vm = vm
+        self.destination = destination
+        self.kind = kind
+        self.totalMs = totalMs
+        self.transferMs = transferMs
+        self.downtimeMs = downtimeMs
+        self.bytes = bytes
+        self.rounds = rounds
+        self.throughputMiBps = throughputMiBps
+    }
+}
+
+/// Source → destination: check this VM and get ready to receive it.
+public struct IncomingMigrationRequest: Codable, Sendable {
+    public var vm: VMTransfer
+    public var parameters: MigrationParameters
+    /// The destination discards the incoming VM if it has not finished within this many seconds.
+    public var timeoutSeconds: Int?
+    public init(vm: VMTransfer, parameters: MigrationParameters, timeoutSeconds: Int?) {
+        self.vm = vm
+        self.parameters = parameters
+        self.timeoutSeconds = timeoutSeconds
+    }
+}
+
+/// Destination → source: where to send the stream.
+public struct IncomingMigrationReply: Codable, Sendable {
+    public var address: MigrationAddress
+    public init(address: MigrationAddress) { self.address = address }
 }
 
 /// An error as the API returns it.

@@ -10,6 +10,12 @@ public enum HostError: Error, Sendable, CustomStringConvertible {
     case invalidState(name: String, state: String, action: String)
     /// The state directory's database failed.
     case database(String)
+    /// The processor compatibility check refused a VM coming here (restore or incoming migration).
+    case incompatibleCPU(name: String, source: String, reason: String, missing: [String])
+    /// A migration or save did not complete; the VM is still where it was.
+    case migrationFailed(name: String, phase: String, reason: String, vmState: String)
+    /// A save file's content (not its format) is unusable.
+    case badSaveFile(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -18,6 +24,11 @@ public enum HostError: Error, Sendable, CustomStringConvertible {
         case let .alreadyExists(name): "a VM named '\(name)' is already defined on this host"
         case let .invalidState(name, state, action): "cannot \(action) VM '\(name)': it is \(state)"
         case let .database(message): "state database: \(message)"
+        case let .incompatibleCPU(name, source, reason, _):
+            "processor compatibility check refused VM '\(name)' from \(source): \(reason)"
+        case let .migrationFailed(name, phase, reason, vmState):
+            "moving VM '\(name)' failed during \(phase): \(reason); the VM is \(vmState) on the source"
+        case let .badSaveFile(path, reason): "\(path): \(reason)"
         }
     }
 }

@@ -50,6 +50,17 @@ public struct VMDefinition: Sendable, Equatable {
         case pool([String])
     }
 
+    /// The same definition under another name (its XML changed to match).
+    public func renamed(_ newName: String) throws -> VMDefinition {
+        guard newName != name else { return self }
+        guard let range = xml.range(of: "<name>\(name)</name>") ?? xml.range(of: "<name>") else {
+            throw VMDefinitionError.invalid("no <name> element")
+        }
+        var text = xml
+        text.replaceSubrange(range, with: "<name>\(newName)</name>")
+        return try VMDefinition(xml: text)
+    }
+
     /// Reads a domain definition.
     ///
     /// - Throws: ``VMDefinitionError`` naming the element at fault, or the XML error with line

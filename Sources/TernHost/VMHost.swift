@@ -14,9 +14,20 @@ public actor VMHost {
     public let capabilities: HostCapabilities
     public let stateDirectory: URL
     let store: VMStore
-    private var instances: [String: any VirtualMachineInstance] = [:]
+    var instances: [String: any VirtualMachineInstance] = [:]
     /// VMs being destroyed on purpose (so their exit is not reported as a crash).
-    private var destroying: Set<String> = []
+    var destroying: Set<String> = []
+    /// VMs being saved or migrated out (other actions wait until that has ended).
+    var moving: Set<String> = []
+    /// The current or last migration of each VM, for progress reports.
+    var migrations: [String: MigrationProgress] = [:]
+    /// VMs being received (incoming migration or restore), with the record each replaced, if any.
+    var incoming: [String: VMRecord?] = [:]
+    /// Where incoming migration streams are received (TCP).
+    public private(set) var migrationHost = "127.0.0.1"
+
+    /// Sets the address incoming migration streams are received on.
+    public func setMigrationHost(_ host: String) { migrationHost = host }
 
     /// Opens (or creates) the host's state under `stateDirectory`.
     public init(hypervisor: any Hypervisor, capabilities: HostCapabilities, stateDirectory: URL) throws {
@@ -36,6 +47,18 @@ public actor VMHost {
     /// After a daemon (re)start: reattach to VMs whose hypervisor process is still there, and mark
     /// the others crashed with what their console said last.
     public func recover() async {
+        for var record in (try? store.all()) ?? [] where record.state == "incoming" {
+            // Interrupted while being received: the source kept the VM; this copy is ended.
+            if let pid = record.pid, let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+                cmdline.contains(files(record.name).controlSocket.path)
+            {
+                kill(pid, SIGKILL)
+            }
+            record.state = "shutoff"
+            record.pid = nil
+            record.reason = "receiving it was interrupted by a daemon restart"
+            try? store.save(record)
+        }
         for record in (try? store.all()) ?? [] where record.state == "running" || record.state == "paused" {
             var record = record
             do {
@@ -176,15 +199,21 @@ public actor VMHost {
 
     // MARK: - Supervision
 
-    private func watch(_ name: String, _ vm: any VirtualMachineInstance) {
+    func watch(_ name: String, _ vm: any VirtualMachineInstance) {
         Task {
             let exit = await vm.waitForExit()
             await self.exited(name, exit)
         }
     }
 
-    private func exited(_ name: String, _ exit: VMExit) async {
+    func exited(_ name: String, _ exit: VMExit) async {
         guard instances[name] != nil else { return }
+        if incoming[name] != nil {
+            // The VM being received ended (its source vanished, or the stream was bad): nothing
+            // of it is kept; the source still has the VM.
+            await discardIncoming(name)
+            return
+        }
         instances[name] = nil
         guard var record = try? store.find(name) else { return }
         record.pid = nil
@@ -215,26 +244,29 @@ public actor VMHost {
 
     // MARK: - Helpers
 
-    private func find(_ name: String) throws -> VMRecord {
+    func find(_ name: String) throws -> VMRecord {
         guard let record = try store.find(name) else { throw HostError.notFound(name) }
         return record
     }
 
-    private func running(_ name: String, action: String) throws -> (VMRecord, any VirtualMachineInstance) {
+    func running(_ name: String, action: String) throws -> (VMRecord, any VirtualMachineInstance) {
         let record = try find(name)
+        if moving.contains(name) {
+            throw HostError.invalidState(name: name, state: "\(record.state) and being moved (save or migration)", action: action)
+        }
         guard let vm = instances[name], record.state == "running" || record.state == "paused" else {
             throw HostError.invalidState(name: name, state: record.state, action: action)
         }
         return (record, vm)
     }
 
-    private func configuration(_ definition: VMDefinition, cpu: GuestCPU) throws -> VMConfiguration {
+    func configuration(_ definition: VMDefinition, cpu: GuestCPU) throws -> VMConfiguration {
         VMConfiguration(
             name: definition.name, memoryMiB: definition.memoryMiB, vcpus: definition.vcpus, kernel: definition.kernel,
             initrd: definition.initrd, cmdline: definition.cmdline, disk: definition.disk, cpu: cpu)
     }
 
-    private func storedCPU(_ cpu: GuestCPU, mode: VMDefinition.CPUChoice) -> StoredGuestCPU {
+    func storedCPU(_ cpu: GuestCPU, mode: VMDefinition.CPUChoice) -> GuestCPUInfo {
         let modeName: String
         switch mode {
         case .hostPassthrough: modeName = "host-passthrough"
@@ -246,39 +278,40 @@ public actor VMHost {
         if let size = cpu.clflushLineSize, size != 64 {
             notHonoured.append("CLFLUSH line size \(size) bytes: the hypervisor always reports 64 bytes")
         }
-        return StoredGuestCPU(
+        return GuestCPUInfo(
             mode: modeName, model: cpu.model, vendor: cpu.vendor, family: cpu.signature?.family,
             modelNumber: cpu.signature?.model, stepping: cpu.signature?.stepping, features: map.registry.names(of: cpu.features),
             clflushLineSize: cpu.clflushLineSize, notHonoured: notHonoured)
     }
 
     /// The guest CPU a record was started with.
-    private func storedCPU(_ record: VMRecord) throws -> GuestCPU {
-        guard let text = record.guestCPU, let stored = try? JSONDecoder().decode(StoredGuestCPU.self, from: Data(text.utf8))
+    func storedCPU(_ record: VMRecord) throws -> GuestCPU {
+        guard let text = record.guestCPU, let stored = try? JSONDecoder().decode(GuestCPUInfo.self, from: Data(text.utf8))
         else { throw HostError.database("VM '\(record.name)' has no recorded guest CPU") }
+        return try guestCPU(stored)
+    }
+
+    /// A guest CPU from its description (stored, or sent by another host).
+    func guestCPU(_ stored: GuestCPUInfo) throws -> GuestCPU {
         let signature = stored.family.map { CPUSignature(family: $0, model: stored.modelNumber ?? 0, stepping: stored.stepping ?? 0) }
         return GuestCPU(
             model: stored.model, vendor: stored.vendor, signature: signature, features: try map.registry.set(of: stored.features),
             clflushLineSize: stored.clflushLineSize)
     }
 
-    private func info(_ record: VMRecord) -> VMInfo {
+    func info(_ record: VMRecord) -> VMInfo {
         let definition = try? VMDefinition(xml: record.definition)
-        let stored = record.guestCPU.flatMap { try? JSONDecoder().decode(StoredGuestCPU.self, from: Data($0.utf8)) }
+        let stored = record.guestCPU.flatMap { try? JSONDecoder().decode(GuestCPUInfo.self, from: Data($0.utf8)) }
         let vmFiles = files(record.name)
         return VMInfo(
             name: record.name, state: record.state, vcpus: definition?.vcpus ?? 0, memoryMiB: definition?.memoryMiB ?? 0,
-            cpu: stored.map {
-                GuestCPUInfo(
-                    mode: $0.mode, model: $0.model, vendor: $0.vendor, family: $0.family, modelNumber: $0.modelNumber,
-                    stepping: $0.stepping, features: $0.features, clflushLineSize: $0.clflushLineSize, notHonoured: $0.notHonoured)
-            }, pid: record.pid, consoleLog: vmFiles.consoleLog.path, consoleSocket: vmFiles.consoleSocket.path,
+            cpu: stored, pid: record.pid, consoleLog: vmFiles.consoleLog.path, consoleSocket: vmFiles.consoleSocket.path,
             reason: record.reason,
             lastConsoleLines: record.lastConsoleLines.flatMap { try? JSONDecoder().decode([String].self, from: Data($0.utf8)) })
     }
 
     /// The console's last lines; when they hold a kernel panic, from a few lines before it.
-    private func lastConsoleLines(_ name: String, count: Int = 20) -> [String] {
+    func lastConsoleLines(_ name: String, count: Int = 20) -> [String] {
         guard let data = try? Data(contentsOf: files(name).consoleLog) else { return [] }
         let lines = String(decoding: data.suffix(65536), as: UTF8.self).split(whereSeparator: \.isNewline).map {
             $0.trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
@@ -289,9 +322,9 @@ public actor VMHost {
         return Array(lines.suffix(count))
     }
 
-    private func encode<T: Encodable>(_ value: T) -> String? {
+    func encode<T: Encodable>(_ value: T) -> String? {
         (try? JSONEncoder().encode(value)).map { String(decoding: $0, as: UTF8.self) }
     }
 
-    private func encodeLines(_ lines: [String]) -> String? { encode(lines) }
+    func encodeLines(_ lines: [String]) -> String? { encode(lines) }
 }

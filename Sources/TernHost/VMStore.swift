@@ -8,30 +8,17 @@ struct VMRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
     var name: String
     /// The domain XML as the user gave it.
     var definition: String
-    /// running, paused, shutoff or crashed.
+    /// running, paused, shutoff, crashed, or incoming (being received: a migration or restore).
     var state: String
     /// The hypervisor process while running or paused.
     var pid: Int32?
-    /// The guest CPU it was started with (JSON of `StoredGuestCPU`), kept until it restarts.
+    /// The guest CPU it was started with (JSON of `GuestCPUInfo`), kept until it restarts.
     var guestCPU: String?
     /// Why it last stopped, when not cleanly.
     var reason: String?
     /// The console's last lines when it crashed (JSON array).
     var lastConsoleLines: String?
     var updatedAt: Date
-}
-
-/// The guest CPU as stored: names, so it survives map changes and reads without the map.
-struct StoredGuestCPU: Codable, Sendable {
-    var mode: String
-    var model: String?
-    var vendor: String?
-    var family: Int?
-    var modelNumber: Int?
-    var stepping: Int?
-    var features: [String]
-    var clflushLineSize: Int?
-    var notHonoured: [String]
 }
 
 /// The host's VM definitions and states, in SQLite under the state directory.

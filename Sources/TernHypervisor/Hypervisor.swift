@@ -16,6 +16,16 @@ public protocol Hypervisor: Sendable {
     /// Starts a VM. Refuses before anything runs if the guest CPU cannot be honoured.
     func start(_ configuration: VMConfiguration, files: VMFiles) async throws -> any VirtualMachineInstance
 
+    /// Starts a VM that waits for its state to arrive at `address` (TCP port 0: a port of the
+    /// hypervisor's choosing) instead of booting. Its CPU is checked before anything arrives;
+    /// with `autostart` it runs as soon as the state is in, otherwise it stays paused.
+    ///
+    /// - Returns: the VM and the address it really listens on.
+    func startIncoming(
+        _ configuration: VMConfiguration, files: VMFiles, address: MigrationAddress, parameters: MigrationParameters,
+        autostart: Bool
+    ) async throws -> (any VirtualMachineInstance, MigrationAddress)
+
     /// Reattaches to a VM started earlier (by a previous daemon), or fails if it is gone.
     func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance
 }
@@ -38,6 +48,16 @@ public protocol VirtualMachineInstance: Sendable {
     func destroy() async throws
     /// The features the guest was really given, read back from the running hypervisor.
     func guestFeatures() async throws -> [String]
+    /// Sends the VM's state to `address` (where an incoming VM or a save file waits). A running
+    /// guest keeps running until the last pass; once completed it stays stopped here.
+    func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws
+    /// Where the current migration (outgoing, or incoming for an incoming VM) stands.
+    func migrationProgress() async throws -> MigrationProgress
+    /// Stops an outgoing migration; the guest goes on running here.
+    func cancelMigration() async throws
+    /// Switches a running outgoing migration to post-copy (the guest continues on the
+    /// destination while the rest of its memory follows).
+    func switchToPostcopy() async throws
     /// Waits until the VM's process has ended and says how.
     func waitForExit() async -> VMExit
 }

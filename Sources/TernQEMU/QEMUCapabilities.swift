@@ -104,7 +104,7 @@ public struct QEMUCapabilities: Codable, Sendable, Equatable {
             if FileManager.default.fileExists(atPath: socket), let client = try? await QMPClient.connect(path: socket) {
                 return client
             }
-            let alive = process.map(\.isRunning) ?? (kill(pid, 0) == 0)
+            let alive = process.map(\.isRunning) ?? QEMUVirtualMachine.isAlive(pid)
             if !alive { throw HypervisorError.startFailed("QEMU exited") }
             if Date() > deadline { throw HypervisorError.timeout("QEMU's QMP socket \(socket)") }
             try await Task.sleep(for: .milliseconds(10))

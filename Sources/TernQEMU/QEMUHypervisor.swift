@@ -94,13 +94,56 @@ public struct QEMUHypervisor: Hypervisor {
     {
         let clock = ContinuousClock()
         let begin = clock.now
+        var timings = QEMUStartTimings()
+        let vm = try await launch(configuration, files: files, console: console, extra: ["-S"]) { phase in
+            switch phase {
+            case .spawned: timings.spawned = clock.now - begin
+            case .controlReady: timings.controlReady = clock.now - begin
+            }
+        }
+        do {
+            try await vm.verifyCPU(configuration.cpu, capabilities: capabilities)
+            timings.verified = clock.now - begin
+            try await vm.resume()
+            timings.running = clock.now - begin
+            vm.startTimings = timings
+        } catch {
+            try? await vm.destroy()
+            throw error
+        }
+        return vm
+    }
+
+    public func startIncoming(
+        _ configuration: VMConfiguration, files: VMFiles, address: MigrationAddress, parameters: MigrationParameters,
+        autostart: Bool
+    ) async throws -> (any VirtualMachineInstance, MigrationAddress) {
+        let vm = try await launch(
+            configuration, files: files, console: .socket, extra: ["-incoming", "defer"] + (autostart ? [] : ["-S"])) { _ in }
+        do {
+            try await vm.verifyCPU(configuration.cpu, capabilities: capabilities)
+            let listening = try await vm.receive(at: address, parameters: parameters)
+            return (vm, listening)
+        } catch {
+            try? await vm.destroy()
+            throw error
+        }
+    }
+
+    enum LaunchPhase { case spawned, controlReady }
+
+    /// Validates, spawns QEMU (daemonized for `.socket`, a child for `.terminal`) with `extra`
+    /// arguments, and connects to its control socket.
+    private func launch(
+        _ configuration: VMConfiguration, files: VMFiles, console: QEMUCommandLine.Console, extra: [String],
+        phase: (LaunchPhase) -> Void
+    ) async throws -> QEMUVirtualMachine {
         try validate(configuration)
         try FileManager.default.createDirectory(at: files.directory, withIntermediateDirectories: true)
         for file in [files.controlSocket, files.consoleSocket, files.pidFile] { try? FileManager.default.removeItem(at: file) }
         let daemonize = console == .socket
-        var timings = QEMUStartTimings()
         var command = commandLine(configuration, files: files, console: console, daemonize: daemonize)
-        command.arguments.append("-S")
+        command.arguments += extra
         let pid: Int32
         let process: Process?
         if daemonize {
@@ -138,7 +181,7 @@ public struct QEMUHypervisor: Hypervisor {
             pid = child.processIdentifier
             process = child
         }
-        timings.spawned = clock.now - begin
+        phase(.spawned)
         let client: QMPClient
         do {
             client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path, pid: pid, process: process)
@@ -148,24 +191,12 @@ public struct QEMUHypervisor: Hypervisor {
             kill(pid, SIGKILL)
             throw error
         }
-        let vm = QEMUVirtualMachine(
-            name: configuration.name, pid: pid, client: client, files: files, map: map, child: process)
-        timings.controlReady = clock.now - begin
-        do {
-            try await vm.verifyCPU(configuration.cpu, capabilities: capabilities)
-            timings.verified = clock.now - begin
-            try await vm.resume()
-            timings.running = clock.now - begin
-            vm.startTimings = timings
-        } catch {
-            try? await vm.destroy()
-            throw error
-        }
-        return vm
+        phase(.controlReady)
+        return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: process)
     }
 
     public func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance {
-        guard kill(pid, 0) == 0,
+        guard QEMUVirtualMachine.isAlive(pid),
             let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
             cmdline.contains(files.controlSocket.path)
         else { throw HypervisorError.notRunning(configuration.name) }

@@ -68,8 +68,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     public func destroy() async throws {
         ending.withLockedValue { if $0 == nil { $0 = "destroyed" } }
         _ = try? await client.execute("quit")
-        try? await Task.sleep(for: .milliseconds(50))
-        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        for _ in 0..<100 where Self.isAlive(pid) { try? await Task.sleep(for: .milliseconds(5)) }
+        if Self.isAlive(pid) { kill(pid, SIGKILL) }
     }
 
     public func guestFeatures() async throws -> [String] {
@@ -103,6 +103,81 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         }
     }
 
+    // MARK: - Migration
+
+    public func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws {
+        try await configureMigration(parameters, outgoing: true)
+        try await client.execute("migrate", ["uri": .string(address.description)])
+    }
+
+    public func migrationProgress() async throws -> MigrationProgress {
+        Self.progress(from: try await client.execute("query-migrate"))
+    }
+
+    public func cancelMigration() async throws { try await client.execute("migrate_cancel") }
+
+    public func switchToPostcopy() async throws { try await client.execute("migrate-start-postcopy") }
+
+    /// For a VM started with `-incoming defer`: sets the same capabilities as the sender and
+    /// listens at `address`. Returns the address really listened on (TCP port 0 resolved).
+    func receive(at address: MigrationAddress, parameters: MigrationParameters) async throws -> MigrationAddress {
+        try await configureMigration(parameters, outgoing: false)
+        try await client.execute("migrate-incoming", ["uri": .string(address.description)])
+        guard case .tcp(let host, 0) = address else { return address }
+        let info = try await client.execute("query-migrate")
+        for socket in info["socket-address"]?.array ?? [] {
+            if let port = socket["port"]?.string.flatMap({ Int($0) }) ?? socket["port"]?.int {
+                return .tcp(host: host, port: port)
+            }
+        }
+        throw HypervisorError.commandFailed(command: "query-migrate", message: "QEMU did not say which port it listens on")
+    }
+
+    /// Migration capabilities must match on both sides; parameters that shape the sending only
+    /// matter on the source.
+    private func configureMigration(_ parameters: MigrationParameters, outgoing: Bool) async throws {
+        var capabilities: [JSONValue] = [
+            ["capability": "multifd", "state": .bool(parameters.connections > 1)],
+            ["capability": "postcopy-ram", "state": .bool(parameters.postcopy)],
+        ]
+        if outgoing { capabilities.append(["capability": "auto-converge", "state": .bool(parameters.autoConverge)]) }
+        try await client.execute("migrate-set-capabilities", ["capabilities": .array(capabilities)])
+        var settings: [String: JSONValue] = [:]
+        if parameters.connections > 1 { settings["multifd-channels"] = .number(Double(parameters.connections)) }
+        if outgoing {
+            // No cap unless one is asked for (QEMU's own default is 32 MiB/s).
+            let bandwidth = parameters.bandwidthMiBps.map { Double($0) * 1_048_576 } ?? Double(1 << 40)
+            settings["max-bandwidth"] = .number(bandwidth)
+            if let downtime = parameters.maxDowntimeMs { settings["downtime-limit"] = .number(Double(downtime)) }
+        }
+        if !settings.isEmpty { try await client.execute("migrate-set-parameters", settings) }
+    }
+
+    /// Reads QMP's `MigrationInfo`.
+    static func progress(from info: JSONValue) -> MigrationProgress {
+        let status: MigrationProgress.Status
+        switch info["status"]?.string ?? "none" {
+        case "setup": status = .setup
+        case "active", "pre-switchover", "wait-unplug": status = .active
+        case "postcopy-active", "postcopy-paused", "postcopy-recover": status = .postcopy
+        case "device", "cancelling": status = .completing
+        case "completed": status = .completed
+        case "failed": status = .failed
+        case "cancelled": status = .cancelled
+        default: status = .none
+        }
+        let ram = info["ram"]
+        let pageSize = ram?["page-size"]?.int ?? 4096
+        return MigrationProgress(
+            status: status, error: info["error-desc"]?.string, elapsedMs: info["total-time"]?.int ?? 0,
+            memoryBytes: ram?["total"]?.int ?? 0, remainingBytes: ram?["remaining"]?.int ?? 0,
+            transferredBytes: ram?["transferred"]?.int ?? 0,
+            rateBytesPerSecond: (ram?["mbps"].flatMap { if case .number(let v) = $0 { v } else { nil } } ?? 0) * 1_000_000 / 8,
+            dirtyBytesPerSecond: Double((ram?["dirty-pages-rate"]?.int ?? 0) * pageSize),
+            expectedDowntimeMs: info["expected-downtime"]?.int, rounds: ram?["dirty-sync-count"]?.int ?? 0,
+            downtimeMs: info["downtime"]?.int)
+    }
+
     public func waitForExit() async -> VMExit {
         if let child {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -112,7 +187,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
                 }
             }
         } else {
-            while kill(pid, 0) == 0 { try? await Task.sleep(for: .milliseconds(50)) }
+            while Self.isAlive(pid) { try? await Task.sleep(for: .milliseconds(10)) }
         }
         // Give the event stream a moment to deliver what QEMU said last.
         try? await Task.sleep(for: .milliseconds(20))
@@ -126,6 +201,16 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             if Self.consoleShowsPanic(files.consoleLog) { return .panicked }
             return .killed(signal: SIGKILL)
         }
+    }
+
+    /// True while the process exists and has not ended. A daemonized QEMU's parent is init,
+    /// which may take its time to reap it: a zombie counts as ended.
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return true }
+        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first != "Z"
     }
 
     /// True when the console log's last lines show a kernel panic.

@@ -4,11 +4,21 @@ import TernAPI
 import TernCPU
 import TernHost
 import TernHypervisor
+import TernSaveFile
 
 extension VMInfo: ResponseEncodable {}
 extension HostInfo: ResponseEncodable {}
 extension ConsoleText: ResponseEncodable {}
 extension DefineRequest: ResponseCodable {}
+extension SaveRequest: ResponseCodable {}
+extension SaveReport: ResponseCodable {}
+extension RestoreRequest: ResponseCodable {}
+extension RestoreReport: ResponseCodable {}
+extension MigrateRequest: ResponseCodable {}
+extension MigrationReport: ResponseCodable {}
+extension MigrationProgress: ResponseEncodable {}
+extension IncomingMigrationRequest: ResponseCodable {}
+extension IncomingMigrationReply: ResponseCodable {}
 
 /// The routes of Tern's API (documented in `TernAPI/APITypes.swift`) over a ``Host``.
 enum APIRouter {
@@ -31,6 +41,29 @@ enum APIRouter {
         router.get("/vms/{name}/console") { request, context -> ConsoleText in
             let lines = request.uri.queryParameters.get("lines", as: Int.self) ?? 50
             return ConsoleText(lines: try await host.console(context.parameters.require("name"), lines: lines))
+        }
+        // Moving VMs: save/restore, live and quick migration (this daemon as the source) …
+        router.post("/vms/{name}/save") { request, context -> SaveReport in
+            let body = try await request.decode(as: SaveRequest.self, context: context)
+            return try await host.save(context.parameters.require("name"), to: body.path)
+        }
+        router.post("/restore") { request, context -> RestoreReport in
+            try await host.restore(try await request.decode(as: RestoreRequest.self, context: context))
+        }
+        router.post("/vms/{name}/migrate") { request, context -> MigrationReport in
+            let body = try await request.decode(as: MigrateRequest.self, context: context)
+            return try await host.migrate(context.parameters.require("name"), body)
+        }
+        router.get("/vms/{name}/migration") { _, context in try await host.migrationProgress(context.parameters.require("name")) }
+        // … and as the destination.
+        router.post("/migrations/incoming") { request, context -> IncomingMigrationReply in
+            try await host.prepareIncoming(try await request.decode(as: IncomingMigrationRequest.self, context: context))
+        }
+        router.post("/migrations/incoming/{name}/finish") { _, context in
+            try await host.finishIncoming(context.parameters.require("name"))
+        }
+        router.delete("/migrations/incoming/{name}") { _, context in
+            try await host.abortIncoming(context.parameters.require("name"))
         }
         return router
     }
@@ -58,7 +91,11 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .invalidState: return (.conflict, "invalid-state")
             case .unreadableFile: return (.badRequest, "unreadable-file")
             case .database: return (.internalServerError, "database")
+            case .incompatibleCPU: return (.unprocessableContent, "incompatible-cpu")
+            case .migrationFailed: return (.badGateway, "migration-failed")
+            case .badSaveFile: return (.badRequest, "bad-save-file")
             }
+        case is SaveFileError: return (.badRequest, "bad-save-file")
         case is VMDefinitionError: return (.badRequest, "invalid-definition")
         case let error as CPUError:
             switch error {

@@ -35,6 +35,12 @@ struct Ternd: AsyncParsableCommand {
             "Offer guests no more than this CPU: a <cpudata> dump, a <cpu> description or capabilities XML. "
                 + "This is how a host stands in for an older or different processor.", valueName: "file"))
     var hostCPU: String?
+    @Option(
+        name: .customLong("migration-address"),
+        help: ArgumentHelp(
+            "Receive incoming migration streams on this address (default: the --listen host, else 127.0.0.1).",
+            valueName: "host"))
+    var migrationAddress: String?
     @Option(help: ArgumentHelp("Use a libvirt cpu_map directory instead of Tern's own CPU models.", valueName: "dir"))
     var cpuMap: String?
 
@@ -55,6 +61,10 @@ struct Ternd: AsyncParsableCommand {
             map: map, hostCPUFile: hostCPU, accelerator: hypervisor.accelerator, acceleratorReason: hypervisor.acceleratorReason)
         capabilities.limit(hypervisorOffer: try await hypervisor.hostOffer())
         let host = try VMHost(hypervisor: hypervisor, capabilities: capabilities, stateDirectory: stateDirectory)
+        await host.setMigrationHost(
+            migrationAddress ?? listen.flatMap { $0.split(separator: ":").first.map(String.init) }.flatMap {
+                $0 == "0.0.0.0" || $0 == "::" ? nil : $0
+            } ?? "127.0.0.1")
         await host.recover()
 
         let socketPath = socket ?? stateDirectory.appendingPathComponent("ternd.sock").path

@@ -1,0 +1,434 @@
+import Foundation
+import TernAPI
+import TernCPU
+import TernHypervisor
+import TernSaveFile
+
+/// Moving VMs: save/restore, live migration (source and destination side) and quick migration.
+///
+/// Every way in (restore, incoming migration) passes ``VMHost/admit(_:as:)`` — the processor
+/// compatibility check — before anything is started. Every way out keeps the VM on this host
+/// until the other side has confirmed: a failure at any phase leaves it running (or paused, as it
+/// was) here, and the destination discards what it had prepared.
+extension VMHost {
+    /// The version written into save files.
+    public static let ternVersion = "0.4.0"
+
+    // MARK: - The gate
+
+    /// The processor compatibility check for a VM coming here: the features it has now against
+    /// what this host can offer. Returns its definition and guest CPU when it may come.
+    func admit(_ transfer: VMTransfer, as name: String) throws -> (VMDefinition, GuestCPU) {
+        let definition = try VMDefinition(xml: transfer.definition).renamed(name)
+        let cpu = try guestCPU(transfer.cpu)
+        guard let offer = capabilities.guestOffer else { throw HostError.database("this host has no guest offer") }
+        let verdict = map.checkMigration(vm: cpu.resolved, destination: offer)
+        guard verdict.allowed else {
+            throw HostError.incompatibleCPU(
+                name: name, source: "\(transfer.source.hostname) (\(transfer.source.cpuSource))",
+                reason: verdict.reason ?? "incompatible", missing: verdict.missing)
+        }
+        return (definition, cpu)
+    }
+
+    /// This host as save files and migration requests record it.
+    func fingerprint() -> HostFingerprint {
+        let host = capabilities.host.cpu
+        return HostFingerprint(
+            hostname: ProcessInfo.processInfo.hostName, cpuSource: capabilities.host.source, vendor: host.vendor,
+            family: host.signature?.family, model: host.signature?.model, stepping: host.signature?.stepping,
+            accelerator: hypervisor.accelerator.rawValue,
+            offer: capabilities.guestOffer.map { map.registry.names(of: $0.features) } ?? [])
+    }
+
+    /// What travels with a running VM.
+    func transfer(_ record: VMRecord, as name: String? = nil) throws -> VMTransfer {
+        guard let text = record.guestCPU, let cpu = try? JSONDecoder().decode(GuestCPUInfo.self, from: Data(text.utf8)) else {
+            throw HostError.database("VM '\(record.name)' has no recorded guest CPU")
+        }
+        return VMTransfer(
+            name: name ?? record.name, definition: record.definition, cpu: cpu, source: fingerprint(),
+            running: record.state == "running")
+    }
+
+    // MARK: - Save and restore
+
+    /// Writes a running or paused VM's state to `path` (see `TernSaveFile` for the format), then
+    /// stops it here. On any failure the partial file is removed and the VM goes on as it was.
+    public func save(_ name: String, to path: String) async throws -> SaveReport {
+        let clock = ContinuousClock()
+        let begin = clock.now
+        var (record, vm) = try running(name, action: "save")
+        let transfer = try transfer(record)
+        moving.insert(name)
+        defer { moving.remove(name) }
+        let writer = try SaveFileWriter(path: path, metadata: try JSONEncoder().encode(transfer))
+        let socket = files(name).directory.appendingPathComponent("save.sock").path
+        let cancellation = CopyCancellation()
+        let size: Int
+        do {
+            try writer.listen(at: socket)
+            // Stopped first (as virsh save does): the state is written once, with no dirty passes.
+            if transfer.running { try await vm.pause() }
+            let receiving = Task { try await writer.receiveStream(cancellation: cancellation) }
+            do {
+                try await vm.migrate(to: .unixSocket(socket), parameters: .save)
+                _ = try await follow(name, vm, timeoutSeconds: nil, postcopy: false)
+                try await receiving.value
+            } catch {
+                cancellation.cancel()
+                _ = try? await receiving.value
+                throw error
+            }
+            size = try writer.finish(ternVersion: Self.ternVersion)
+        } catch {
+            writer.discard()
+            try? await vm.cancelMigration()
+            if transfer.running { try? await vm.resume() }
+            throw HostError.migrationFailed(
+                name: name, phase: "save", reason: "\(error)", vmState: transfer.running ? "running" : "paused")
+        }
+        // Saved: the VM stops here; its definition stays, shut off.
+        instances[name] = nil
+        try? await vm.destroy()
+        _ = await vm.waitForExit()
+        record.state = "shutoff"
+        record.pid = nil
+        record.reason = "saved to \(path)"
+        try store.save(record)
+        return SaveReport(vm: info(record), path: path, bytes: size, durationMs: milliseconds(clock.now - begin))
+    }
+
+    /// Restores a VM from a save file written on this or another host: checks the file, runs the
+    /// processor compatibility check, receives the state into a paused VM, checks the stream's
+    /// checksum, and only then lets it run.
+    public func restore(_ request: RestoreRequest) async throws -> RestoreReport {
+        let clock = ContinuousClock()
+        let begin = clock.now
+        let reader = try SaveFileReader(path: request.path)
+        let transfer: VMTransfer
+        do {
+            transfer = try JSONDecoder().decode(VMTransfer.self, from: reader.metadata)
+        } catch {
+            throw HostError.badSaveFile(path: request.path, reason: "its metadata cannot be read: \(error)")
+        }
+        let name = request.name ?? transfer.name
+        let (definition, cpu) = try admit(transfer, as: name)
+        let socket = files(name).directory.appendingPathComponent("restore.sock").path
+        let (vm, _) = try await receive(
+            name, definition: definition, cpu: cpu, cpuInfo: transfer.cpu, address: .unixSocket(socket),
+            parameters: .save, autostart: false, timeoutSeconds: nil)
+        do {
+            try await reader.sendStream(to: socket, cancellation: CopyCancellation())
+            try await waitUntilReceived(name, vm)
+            if transfer.running && request.paused != true { try await vm.resume() }
+        } catch {
+            await discardIncoming(name)
+            throw error
+        }
+        let record = try commitIncoming(name, state: transfer.running && request.paused != true ? "running" : "paused")
+        return RestoreReport(vm: info(record), source: transfer.source, durationMs: milliseconds(clock.now - begin))
+    }
+
+    // MARK: - Receiving (destination side)
+
+    /// Destination, first phase: the gate, then a VM waiting for the stream.
+    public func prepareIncoming(_ request: IncomingMigrationRequest) async throws -> IncomingMigrationReply {
+        let (definition, cpu) = try admit(request.vm, as: request.vm.name)
+        let (_, address) = try await receive(
+            request.vm.name, definition: definition, cpu: cpu, cpuInfo: request.vm.cpu, address: .tcp(host: migrationHost, port: 0),
+            parameters: request.parameters, autostart: request.vm.running, timeoutSeconds: request.timeoutSeconds)
+        return IncomingMigrationReply(address: address)
+    }
+
+    /// Destination, last phase: waits until the state is in and the guest runs as it did on the
+    /// source, then keeps the VM.
+    public func finishIncoming(_ name: String) async throws -> VMInfo {
+        guard incoming[name] != nil, let vm = instances[name] else {
+            throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "finish receiving")
+        }
+        do {
+            try await waitUntilReceived(name, vm)
+            let state = try await vm.runState()
+            guard state == .running || state == .paused else {
+                throw HypervisorError.commandFailed(command: "query-status", message: "the received guest is \(state.rawValue)")
+            }
+            return info(try commitIncoming(name, state: state.rawValue))
+        } catch {
+            await discardIncoming(name)
+            throw error
+        }
+    }
+
+    /// Destination: gives up an incoming VM (the source keeps it).
+    public func abortIncoming(_ name: String) async throws -> VMInfo {
+        guard incoming[name] != nil else {
+            throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "abort receiving")
+        }
+        await discardIncoming(name)
+        return VMInfo(
+            name: name, state: "undefined", vcpus: 0, memoryMiB: 0, cpu: nil, pid: nil, consoleLog: "", consoleSocket: "",
+            reason: "incoming migration aborted", lastConsoleLines: nil)
+    }
+
+    /// Starts the VM that receives `name`'s state, recording it as incoming (a VM of that name
+    /// that is shut off here is replaced only once the VM has arrived).
+    private func receive(
+        _ name: String, definition: VMDefinition, cpu: GuestCPU, cpuInfo: GuestCPUInfo, address: MigrationAddress,
+        parameters: MigrationParameters, autostart: Bool, timeoutSeconds: Int?
+    ) async throws -> (any VirtualMachineInstance, MigrationAddress) {
+        let previous = try store.find(name)
+        if let previous, previous.state != "shutoff" && previous.state != "crashed" {
+            throw HostError.invalidState(name: name, state: previous.state, action: "receive another")
+        }
+        guard incoming[name] == nil else { throw HostError.invalidState(name: name, state: "incoming", action: "receive another") }
+        incoming[name] = .some(previous)
+        var record = VMRecord(
+            name: name, definition: definition.xml, state: "incoming", pid: nil, guestCPU: encode(cpuInfo), reason: nil,
+            lastConsoleLines: nil, updatedAt: Date())
+        do {
+            if previous == nil { try store.insert(record) } else { try store.save(record) }
+            let vmFiles = files(name)
+            try FileManager.default.createDirectory(at: vmFiles.directory, withIntermediateDirectories: true)
+            try? FileManager.default.removeItem(at: vmFiles.consoleLog)
+            let (vm, listening) = try await hypervisor.startIncoming(
+                try configuration(definition, cpu: cpu), files: vmFiles, address: address, parameters: parameters,
+                autostart: autostart)
+            instances[name] = vm
+            record.pid = vm.pid
+            try store.save(record)
+            watch(name, vm)
+            // A source that never finishes (it died, or the link did) must not leave this VM behind.
+            let limit = timeoutSeconds.map { $0 + 30 } ?? 24 * 3600
+            Task {
+                try? await Task.sleep(for: .seconds(limit))
+                await self.discardIncomingIfStill(name, pid: vm.pid)
+            }
+            return (vm, listening)
+        } catch {
+            await discardIncoming(name)
+            throw error
+        }
+    }
+
+    private func discardIncomingIfStill(_ name: String, pid: Int32) async {
+        if incoming[name] != nil, instances[name]?.pid == pid { await discardIncoming(name) }
+    }
+
+    /// Waits (bounded) until an incoming VM reports its state received.
+    private func waitUntilReceived(_ name: String, _ vm: any VirtualMachineInstance) async throws {
+        let deadline = ContinuousClock.now + .seconds(120)
+        while true {
+            let progress = try await vm.migrationProgress()
+            switch progress.status {
+            case .completed: return
+            case .failed, .cancelled:
+                throw HypervisorError.commandFailed(
+                    command: "migrate-incoming", message: progress.error ?? "receiving the state \(progress.status.rawValue)")
+            default:
+                if ContinuousClock.now > deadline { throw HypervisorError.timeout("the incoming state of '\(name)'") }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+    }
+
+    /// An incoming VM has arrived: it is this host's now.
+    private func commitIncoming(_ name: String, state: String) throws -> VMRecord {
+        guard var record = try store.find(name) else { throw HostError.notFound(name) }
+        incoming[name] = nil
+        record.state = state
+        record.reason = nil
+        try store.save(record)
+        return record
+    }
+
+    /// Ends an incoming VM and puts back what was there before.
+    func discardIncoming(_ name: String) async {
+        guard let previous = incoming[name] else { return }
+        incoming[name] = nil
+        if let vm = instances[name] {
+            instances[name] = nil
+            try? await vm.destroy()
+            _ = await vm.waitForExit()
+        }
+        if let previous {
+            try? store.save(previous)
+        } else {
+            try? store.delete(name)
+            try? FileManager.default.removeItem(at: files(name).directory)
+        }
+    }
+
+    // MARK: - Sending (source side)
+
+    /// Live migration to the daemon at `request.destination` (or quick migration with
+    /// `request.quickDirectory`). The VM stays here until the destination confirms it runs.
+    public func migrate(_ name: String, _ request: MigrateRequest) async throws -> MigrationReport {
+        let clock = ContinuousClock()
+        let begin = clock.now
+        let (record, vm) = try running(name, action: "migrate")
+        let transfer = try transfer(record)
+        let destination = APIClient(endpoint: try APIClient.Endpoint(request.destination))
+        if let directory = request.quickDirectory {
+            return try await quickMigrate(name, to: destination, request: request, through: directory, begin: begin)
+        }
+        moving.insert(name)
+        defer { moving.remove(name) }
+        migrations[name] = MigrationProgress(status: .setup)
+        let vmState = transfer.running ? "running" : "paused"
+
+        // 1. The destination runs the compatibility check and prepares; nothing moves before.
+        let reply: IncomingMigrationReply
+        do {
+            reply = try await destination.post(
+                "/migrations/incoming",
+                body: IncomingMigrationRequest(vm: transfer, parameters: request.parameters, timeoutSeconds: request.timeoutSeconds))
+        } catch {
+            migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
+            throw HostError.migrationFailed(name: name, phase: "preparation on \(request.destination)", reason: "\(error)", vmState: vmState)
+        }
+
+        // 2. The stream.
+        let final: MigrationProgress
+        let transferBegin = clock.now
+        do {
+            try await vm.migrate(to: reply.address, parameters: request.parameters)
+            final = try await follow(
+                name, vm, timeoutSeconds: request.timeoutSeconds.map { max(1, $0 - seconds(clock.now - begin)) },
+                postcopy: request.parameters.postcopy)
+        } catch {
+            try? await vm.cancelMigration()
+            await waitUntilSettled(vm)
+            if transfer.running, (try? await vm.runState()) != .running { try? await vm.resume() }
+            _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
+            throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: vmState)
+        }
+        let transferMs = milliseconds(clock.now - transferBegin)
+        let confirmBegin = clock.now
+
+        // 3. The destination confirms the guest runs there; until then this copy is kept.
+        let remote: VMInfo
+        do {
+            remote = try await destination.post("/migrations/incoming/\(name)/finish")
+        } catch {
+            _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            if transfer.running { try? await vm.resume() }
+            migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
+            throw HostError.migrationFailed(name: name, phase: "confirmation by \(request.destination)", reason: "\(error)", vmState: vmState)
+        }
+
+        let confirmMs = milliseconds(clock.now - confirmBegin)
+
+        // 4. Only now does this host stop and forget its copy.
+        await forget(name, vm)
+        let totalMs = milliseconds(clock.now - begin)
+        return MigrationReport(
+            vm: remote, destination: request.destination, kind: "live", totalMs: totalMs,
+            prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
+            downtimeMs: final.downtimeMs ?? 0, bytes: final.transferredBytes, rounds: final.rounds,
+            throughputMiBps: transferMs > 0 ? Double(final.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
+    }
+
+    /// Quick migration: save to a file in `directory` (which the destination must see too), restore
+    /// there, then forget the VM here. If the restore is refused or fails, the VM is restored here.
+    private func quickMigrate(
+        _ name: String, to destination: APIClient, request: MigrateRequest, through directory: String, begin: ContinuousClock.Instant
+    ) async throws -> MigrationReport {
+        let path = URL(fileURLWithPath: directory).appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8)).ternsave").path
+        let saved = try await save(name, to: path)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let restored: RestoreReport
+        do {
+            restored = try await destination.post("/restore", body: RestoreRequest(path: path))
+        } catch {
+            // Back where it was: restore it here from the same file.
+            let back = try? await restore(RestoreRequest(path: path, name: name))
+            throw HostError.migrationFailed(
+                name: name, phase: "restore on \(request.destination)", reason: "\(error)", vmState: back?.vm.state ?? "saved in \(path)")
+        }
+        let record = try find(name)
+        if record.state == "shutoff" {
+            try store.delete(name)
+            try? FileManager.default.removeItem(at: files(name).directory)
+        }
+        let totalMs = milliseconds(ContinuousClock.now - begin)
+        return MigrationReport(
+            vm: restored.vm, destination: request.destination, kind: "quick", totalMs: totalMs, prepareMs: 0,
+            transferMs: saved.durationMs + restored.durationMs, confirmMs: 0,
+            downtimeMs: saved.durationMs + restored.durationMs, bytes: saved.bytes, rounds: 1,
+            throughputMiBps: Double(saved.bytes) / 1_048_576 / (Double(max(totalMs, 1)) / 1000))
+    }
+
+    /// The current or last migration of a VM.
+    public func migrationProgress(_ name: String) throws -> MigrationProgress {
+        _ = try find(name)
+        return migrations[name] ?? MigrationProgress(status: .none)
+    }
+
+    /// Follows an outgoing migration until it completes; throws when it fails, is cancelled,
+    /// stalls, or runs past its time limit.
+    private func follow(_ name: String, _ vm: any VirtualMachineInstance, timeoutSeconds: Int?, postcopy: Bool) async throws
+        -> MigrationProgress
+    {
+        let clock = ContinuousClock()
+        let begin = clock.now
+        var lastBytes = -1
+        var lastChange = begin
+        var switchedToPostcopy = false
+        let stallLimit = Duration.seconds(30)
+        while true {
+            let progress = try await vm.migrationProgress()
+            migrations[name] = progress
+            switch progress.status {
+            case .completed: return progress
+            case .failed: throw HypervisorError.commandFailed(command: "migrate", message: progress.error ?? "the stream failed")
+            case .cancelled: throw HypervisorError.commandFailed(command: "migrate", message: "cancelled")
+            default: break
+            }
+            let now = clock.now
+            if progress.transferredBytes != lastBytes {
+                lastBytes = progress.transferredBytes
+                lastChange = now
+            } else if now - lastChange > stallLimit {
+                throw HypervisorError.timeout("the migration stream (no progress for 30 s)")
+            }
+            if let timeoutSeconds, now - begin > .seconds(timeoutSeconds) {
+                throw HypervisorError.timeout("the migration to finish (--timeout \(timeoutSeconds) s)")
+            }
+            if postcopy, !switchedToPostcopy, progress.status == .active, progress.rounds >= 2 {
+                try await vm.switchToPostcopy()
+                switchedToPostcopy = true
+            }
+            try await Task.sleep(for: .milliseconds(progress.status == .setup ? 2 : 10))
+        }
+    }
+
+    /// After a cancel: waits (bounded) until the hypervisor says the migration has ended.
+    private func waitUntilSettled(_ vm: any VirtualMachineInstance) async {
+        for _ in 0..<100 {
+            guard let progress = try? await vm.migrationProgress() else { return }
+            if progress.isFinished || progress.status == .none { return }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    /// The VM runs elsewhere now: end this copy and remove its definition. Its console log
+    /// stays (as a record of what it printed here) until a VM of that name starts here again.
+    private func forget(_ name: String, _ vm: any VirtualMachineInstance) async {
+        instances[name] = nil
+        try? await vm.destroy()
+        _ = await vm.waitForExit()
+        try? store.delete(name)
+        let vmFiles = files(name)
+        for file in [vmFiles.controlSocket, vmFiles.consoleSocket, vmFiles.pidFile, vmFiles.hypervisorLog] {
+            try? FileManager.default.removeItem(at: file)
+        }
+    }
+
+    func milliseconds(_ duration: Duration) -> Int {
+        Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    func seconds(_ duration: Duration) -> Int { Int(duration.components.seconds) }
+}

@@ -1,0 +1,103 @@
+/// Moving a running VM's state out of its hypervisor (to another host or to a file) and in again.
+///
+/// The hypervisor streams the state; Tern decides where it goes, with what settings, and when
+/// each side may commit. These are Tern's own words for it; the QEMU backend translates them to
+/// QMP's `migrate`, `migrate-incoming` and `query-migrate`.
+
+/// Where a migration stream goes (outgoing) or is received (incoming).
+public enum MigrationAddress: Sendable, Equatable, Codable, CustomStringConvertible {
+    /// TCP; an incoming VM given port 0 listens on a port of its choosing.
+    case tcp(host: String, port: Int)
+    /// A unix socket (save files and restores go through the daemon this way).
+    case unixSocket(String)
+
+    public var description: String {
+        switch self {
+        case let .tcp(host, port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
+        case let .unixSocket(path): "unix:\(path)"
+        }
+    }
+}
+
+/// How a migration runs.
+public struct MigrationParameters: Sendable, Equatable, Codable {
+    /// The longest the guest may be stopped at the end, in milliseconds (nil: the hypervisor's default).
+    public var maxDowntimeMs: Int?
+    /// The bandwidth cap in MiB/s (nil: no cap).
+    public var bandwidthMiBps: Int?
+    /// Parallel connections for the stream (1: a single connection).
+    public var connections: Int
+    /// Slow the guest's vCPUs down when it dirties memory faster than it can be sent.
+    public var autoConverge: Bool
+    /// Switch to post-copy (the guest runs on the destination while the rest of its memory
+    /// follows on demand) when pre-copy does not converge.
+    public var postcopy: Bool
+
+    public init(maxDowntimeMs: Int? = nil, bandwidthMiBps: Int? = nil, connections: Int = 1, autoConverge: Bool = false, postcopy: Bool = false) {
+        self.maxDowntimeMs = maxDowntimeMs
+        self.bandwidthMiBps = bandwidthMiBps
+        self.connections = connections
+        self.autoConverge = autoConverge
+        self.postcopy = postcopy
+    }
+
+    /// Settings for writing a stopped VM to a file: one connection, no cap.
+    public static let save = MigrationParameters(connections: 1)
+}
+
+/// Where a migration stands, as the hypervisor reports it.
+public struct MigrationProgress: Sendable, Equatable, Codable {
+    public enum Status: String, Sendable, Codable {
+        case none, setup, active, postcopy, completing, completed, failed, cancelled
+    }
+
+    public var status: Status
+    /// The hypervisor's message when it failed.
+    public var error: String?
+    /// Milliseconds since the migration started.
+    public var elapsedMs: Int
+    /// Guest memory in bytes.
+    public var memoryBytes: Int
+    /// Bytes of guest memory still to send.
+    public var remainingBytes: Int
+    /// Bytes sent so far (the stream, including page headers).
+    public var transferredBytes: Int
+    /// Current rate in bytes per second.
+    public var rateBytesPerSecond: Double
+    /// How fast the guest dirties memory, in bytes per second.
+    public var dirtyBytesPerSecond: Double
+    /// The downtime the hypervisor expects if it stopped the guest now, in milliseconds.
+    public var expectedDowntimeMs: Int?
+    /// Passes over guest memory so far.
+    public var rounds: Int
+    /// The guest's real downtime, once completed.
+    public var downtimeMs: Int?
+
+    public init(
+        status: Status, error: String? = nil, elapsedMs: Int = 0, memoryBytes: Int = 0, remainingBytes: Int = 0,
+        transferredBytes: Int = 0, rateBytesPerSecond: Double = 0, dirtyBytesPerSecond: Double = 0,
+        expectedDowntimeMs: Int? = nil, rounds: Int = 0, downtimeMs: Int? = nil
+    ) {
+        self.status = status
+        self.error = error
+        self.elapsedMs = elapsedMs
+        self.memoryBytes = memoryBytes
+        self.remainingBytes = remainingBytes
+        self.transferredBytes = transferredBytes
+        self.rateBytesPerSecond = rateBytesPerSecond
+        self.dirtyBytesPerSecond = dirtyBytesPerSecond
+        self.expectedDowntimeMs = expectedDowntimeMs
+        self.rounds = rounds
+        self.downtimeMs = downtimeMs
+    }
+
+    /// Percent of guest memory sent, 0–100.
+    public var percent: Int {
+        if status == .completed { return 100 }
+        guard memoryBytes > 0 else { return 0 }
+        return max(0, min(99, 100 - remainingBytes * 100 / memoryBytes))
+    }
+
+    /// True once the migration has ended, well or not.
+    public var isFinished: Bool { status == .completed || status == .failed || status == .cancelled }
+}

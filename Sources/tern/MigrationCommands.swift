@@ -1,0 +1,124 @@
+import ArgumentParser
+import Foundation
+import TernAPI
+import TernHypervisor
+
+/// A path as the daemon should see it: absolute, from the caller's working directory.
+func absolutePath(_ path: String) -> String {
+    path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
+
+func mebibytes(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+
+struct Save: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Save a running VM's state to a file and stop it (like 'virsh save').",
+        discussion: "The file is written by the daemon, on its host. Restore it there or on any host whose CPU can take the VM.")
+    @Argument(help: "The VM's name.") var name: String
+    @Argument(help: ArgumentHelp("The save file to write.", valueName: "file")) var file: String
+    @OptionGroup var connection: ConnectOptions
+
+    func run() async throws {
+        let report: SaveReport = try await connection.client().post(path(name, "save"), body: SaveRequest(path: absolutePath(file)))
+        print("Domain '\(report.vm.name)' saved to \(report.path) (\(mebibytes(report.bytes)) in \(report.durationMs) ms)")
+    }
+}
+
+struct Restore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Restore a VM from a save file (like 'virsh restore').",
+        discussion: """
+            The file is checked first (format, size, checksums), then the processor compatibility check: \
+            the features the VM has must all be offered by this host, or nothing is started.
+            """)
+    @Argument(help: ArgumentHelp("The save file.", valueName: "file")) var file: String
+    @Option(help: "Restore under this name instead of the saved one.") var name: String?
+    @Flag(help: "Keep the vCPUs paused after restoring.") var paused = false
+    @OptionGroup var connection: ConnectOptions
+
+    func run() async throws {
+        let report: RestoreReport = try await connection.client().post(
+            "/restore", body: RestoreRequest(path: absolutePath(file), name: name, paused: paused ? true : nil))
+        print(
+            "Domain '\(report.vm.name)' restored from \(file) (saved on \(report.source.hostname), "
+                + "\(report.source.cpuSource)) in \(report.durationMs) ms; it is \(report.vm.state)")
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move a running VM to another ternd, live (like 'virsh migrate --live').",
+        discussion: """
+            The destination first runs the processor compatibility check (the features the VM has now \
+            against what it can offer) and prepares; only then does the state move. Until the destination \
+            confirms the VM runs there, the VM stays here: if anything fails it keeps running on this host.
+            """)
+    @Argument(help: "The VM's name.") var name: String
+    @Option(help: ArgumentHelp("The destination ternd: its socket path or tcp://host:port.", valueName: "uri")) var to: String
+    @Flag(help: "Show progress while migrating.") var verbose = false
+    @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Longest pause allowed at the end.", valueName: "ms"))
+    var maxDowntime: Int?
+    @Option(help: ArgumentHelp("Bandwidth cap (default: none).", valueName: "MiB/s")) var bandwidth: Int?
+    @Option(help: ArgumentHelp("Parallel connections for the stream.", valueName: "n")) var connections = 2
+    @Flag(name: .customLong("auto-converge"), help: "Slow the guest down if it dirties memory faster than it can be sent.")
+    var autoConverge = false
+    @Flag(help: "Switch to post-copy after the first pass (the guest runs on the destination sooner).") var postcopy = false
+    @Option(help: ArgumentHelp("Give up after this long (the VM stays here).", valueName: "s")) var timeout: Int?
+    @Option(
+        help: ArgumentHelp(
+            "Quick migration: save here, restore there, through this directory (both hosts must see it).", valueName: "dir"))
+    var quick: String?
+    @OptionGroup var connection: ConnectOptions
+
+    func validate() throws {
+        if !(1...16).contains(connections) { throw ValidationError("--connections must be 1 to 16") }
+        if let timeout, timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
+    }
+
+    func run() async throws {
+        let client = try connection.client()
+        let request = MigrateRequest(
+            destination: to,
+            parameters: MigrationParameters(
+                maxDowntimeMs: maxDowntime, bandwidthMiBps: bandwidth, connections: connections, autoConverge: autoConverge,
+                postcopy: postcopy),
+            timeoutSeconds: timeout, quickDirectory: quick.map(absolutePath))
+        let migration = Task { () throws -> MigrationReport in try await client.post(path(name, "migrate"), body: request) }
+        if verbose {
+            let progress = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(500))
+                    guard let p: MigrationProgress = try? await client.get(path(name, "migration")), !p.isFinished,
+                        p.status != .none
+                    else { continue }
+                    FileHandle.standardError.write(Data((Self.line(p) + "\n").utf8))
+                }
+            }
+            defer { progress.cancel() }
+            _ = try? await migration.value
+        }
+        let report = try await migration.value
+        if verbose { FileHandle.standardError.write(Data("Migration: [100 %]\n".utf8)) }
+        print("Domain '\(report.vm.name)' migrated to \(report.destination) (\(report.kind)); it is \(report.vm.state) there")
+        print("  total time   \(report.totalMs) ms")
+        print("  prepare      \(report.prepareMs) ms (destination: compatibility check, receiving VM started)")
+        print("  transfer     \(report.transferMs) ms")
+        print("  confirm      \(report.confirmMs) ms")
+        print("  downtime     \(report.downtimeMs) ms")
+        print(
+            "  transferred  \(mebibytes(report.bytes)) in \(report.rounds) round\(report.rounds == 1 ? "" : "s") "
+                + String(format: "(%.1f MiB/s)", report.throughputMiBps))
+    }
+
+    /// One progress line, as `virsh migrate --verbose` shows it, with the figures behind it.
+    static func line(_ p: MigrationProgress) -> String {
+        var text = String(format: "Migration: [%3d %%]", p.percent)
+        text += "  \(mebibytes(p.transferredBytes)) sent, \(mebibytes(p.remainingBytes)) left"
+        text += String(format: ", %.1f MiB/s", p.rateBytesPerSecond / 1_048_576)
+        text += String(format: ", dirtying %.1f MiB/s", p.dirtyBytesPerSecond / 1_048_576)
+        if let expected = p.expectedDowntimeMs { text += ", expected downtime \(expected) ms" }
+        text += ", round \(p.rounds)"
+        if p.status == .postcopy { text += " (post-copy)" }
+        return text
+    }
+}
