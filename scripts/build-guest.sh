@@ -141,6 +141,8 @@ flags)
     off
     ;;
 counter)
+    # The flags first: what the guest saw at boot is what it keeps, wherever it moves.
+    say "flags=$(field flags)"
     counter
     ;;
 panic)

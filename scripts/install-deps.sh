@@ -20,6 +20,7 @@ libvirt-clients
 libvirt-daemon-system
 libvirt-daemon-driver-qemu
 socat
+iproute2
 ca-certificates
 "
 

@@ -11,6 +11,9 @@ import TernSaveFile
 /// until the other side has confirmed: a failure at any phase leaves it running (or paused, as it
 /// was) here, and the destination discards what it had prepared.
 extension VMHost {
+    static let incomingNew = "being received"
+    static let incomingReplacing = "being received, replacing a shut-off definition"
+
     /// The version written into save files.
     public static let ternVersion = "0.4.0"
 
@@ -119,7 +122,13 @@ extension VMHost {
             name, definition: definition, cpu: cpu, cpuInfo: transfer.cpu, address: .unixSocket(socket),
             parameters: .save, autostart: false, timeoutSeconds: nil)
         do {
-            try await reader.sendStream(to: socket, cancellation: CopyCancellation())
+            var sendError: SaveFileError?
+            do { try await reader.sendStream(to: socket, cancellation: CopyCancellation()) } catch { sendError = error }
+            if let sendError {
+                // When the hypervisor gave up on the stream, say whether the file is why.
+                if sendError.isInputOutput { try await reader.verifyStream() }
+                throw sendError
+            }
             try await waitUntilReceived(name, vm)
             if transfer.running && request.paused != true { try await vm.resume() }
         } catch {
@@ -137,18 +146,21 @@ extension VMHost {
         let (definition, cpu) = try admit(request.vm, as: request.vm.name)
         let (_, address) = try await receive(
             request.vm.name, definition: definition, cpu: cpu, cpuInfo: request.vm.cpu, address: .tcp(host: migrationHost, port: 0),
-            parameters: request.parameters, autostart: request.vm.running, timeoutSeconds: request.timeoutSeconds)
+            parameters: request.parameters, autostart: false, timeoutSeconds: request.timeoutSeconds)
+        resumeOnArrival[request.vm.name] = request.vm.running
         return IncomingMigrationReply(address: address)
     }
 
-    /// Destination, last phase: waits until the state is in and the guest runs as it did on the
-    /// source, then keeps the VM.
+    /// Destination, last phase: waits until the state is in, lets the guest run (if it ran on the
+    /// source), then keeps the VM. The receiving VM never runs before this: if the source or the
+    /// link vanishes, there is never a second running copy.
     public func finishIncoming(_ name: String) async throws -> VMInfo {
         guard incoming[name] != nil, let vm = instances[name] else {
             throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "finish receiving")
         }
         do {
             try await waitUntilReceived(name, vm)
+            if resumeOnArrival[name] == true { try await vm.resume() }
             let state = try await vm.runState()
             guard state == .running || state == .paused else {
                 throw HypervisorError.commandFailed(command: "query-status", message: "the received guest is \(state.rawValue)")
@@ -183,9 +195,10 @@ extension VMHost {
         }
         guard incoming[name] == nil else { throw HostError.invalidState(name: name, state: "incoming", action: "receive another") }
         incoming[name] = .some(previous)
+        // The reason says, for a daemon restarted meanwhile, whether a definition was there before.
         var record = VMRecord(
-            name: name, definition: definition.xml, state: "incoming", pid: nil, guestCPU: encode(cpuInfo), reason: nil,
-            lastConsoleLines: nil, updatedAt: Date())
+            name: name, definition: definition.xml, state: "incoming", pid: nil, guestCPU: encode(cpuInfo),
+            reason: previous == nil ? Self.incomingNew : Self.incomingReplacing, lastConsoleLines: nil, updatedAt: Date())
         do {
             if previous == nil { try store.insert(record) } else { try store.save(record) }
             let vmFiles = files(name)
@@ -236,6 +249,7 @@ extension VMHost {
     private func commitIncoming(_ name: String, state: String) throws -> VMRecord {
         guard var record = try store.find(name) else { throw HostError.notFound(name) }
         incoming[name] = nil
+        resumeOnArrival[name] = nil
         record.state = state
         record.reason = nil
         try store.save(record)
@@ -246,6 +260,7 @@ extension VMHost {
     func discardIncoming(_ name: String) async {
         guard let previous = incoming[name] else { return }
         incoming[name] = nil
+        resumeOnArrival[name] = nil
         if let vm = instances[name] {
             instances[name] = nil
             try? await vm.destroy()
@@ -318,6 +333,7 @@ extension VMHost {
             throw HostError.migrationFailed(name: name, phase: "confirmation by \(request.destination)", reason: "\(error)", vmState: vmState)
         }
 
+        // The guest was stopped from the source's last pass until the destination resumed it.
         let confirmMs = milliseconds(clock.now - confirmBegin)
 
         // 4. Only now does this host stop and forget its copy.
@@ -326,7 +342,7 @@ extension VMHost {
         return MigrationReport(
             vm: remote, destination: request.destination, kind: "live", totalMs: totalMs,
             prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
-            downtimeMs: final.downtimeMs ?? 0, bytes: final.transferredBytes, rounds: final.rounds,
+            downtimeMs: (final.downtimeMs ?? 0) + (transfer.running ? confirmMs : 0), bytes: final.transferredBytes, rounds: final.rounds,
             throughputMiBps: transferMs > 0 ? Double(final.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
     }
 
@@ -347,11 +363,7 @@ extension VMHost {
             throw HostError.migrationFailed(
                 name: name, phase: "restore on \(request.destination)", reason: "\(error)", vmState: back?.vm.state ?? "saved in \(path)")
         }
-        let record = try find(name)
-        if record.state == "shutoff" {
-            try store.delete(name)
-            try? FileManager.default.removeItem(at: files(name).directory)
-        }
+        if try find(name).state == "shutoff" { forgetDefinition(name) }
         let totalMs = milliseconds(ContinuousClock.now - begin)
         return MigrationReport(
             vm: restored.vm, destination: request.destination, kind: "quick", totalMs: totalMs, prepareMs: 0,
@@ -400,7 +412,9 @@ extension VMHost {
                 try await vm.switchToPostcopy()
                 switchedToPostcopy = true
             }
-            try await Task.sleep(for: .milliseconds(progress.status == .setup ? 2 : 10))
+            // Poll closely near the end: the destination resumes the guest only once this sees it.
+            let near = progress.status == .setup || progress.status == .completing || progress.remainingBytes < 64 << 20
+            try await Task.sleep(for: .milliseconds(near ? 1 : 10))
         }
     }
 
@@ -419,6 +433,10 @@ extension VMHost {
         instances[name] = nil
         try? await vm.destroy()
         _ = await vm.waitForExit()
+        forgetDefinition(name)
+    }
+
+    private func forgetDefinition(_ name: String) {
         try? store.delete(name)
         let vmFiles = files(name)
         for file in [vmFiles.controlSocket, vmFiles.consoleSocket, vmFiles.pidFile, vmFiles.hypervisorLog] {

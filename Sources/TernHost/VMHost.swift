@@ -23,6 +23,8 @@ public actor VMHost {
     var migrations: [String: MigrationProgress] = [:]
     /// VMs being received (incoming migration or restore), with the record each replaced, if any.
     var incoming: [String: VMRecord?] = [:]
+    /// Incoming migrations whose guest ran on the source (resumed here once arrived).
+    var resumeOnArrival: [String: Bool] = [:]
     /// Where incoming migration streams are received (TCP).
     public private(set) var migrationHost = "127.0.0.1"
 
@@ -53,6 +55,11 @@ public actor VMHost {
                 cmdline.contains(files(record.name).controlSocket.path)
             {
                 kill(pid, SIGKILL)
+            }
+            if record.reason == Self.incomingNew {
+                try? store.delete(record.name)
+                try? FileManager.default.removeItem(at: files(record.name).directory)
+                continue
             }
             record.state = "shutoff"
             record.pid = nil

@@ -55,6 +55,9 @@ public enum SaveFileError: Error, Sendable, CustomStringConvertible, Equatable {
     /// Reading, writing or streaming failed.
     case io(path: String, reason: String)
 
+    /// True for reading, writing or streaming failures (not the file's content).
+    public var isInputOutput: Bool { if case .io = self { true } else { false } }
+
     public var description: String {
         switch self {
         case let .cannotOpen(path, reason): "cannot open save file \(path): \(reason)"
@@ -333,6 +336,26 @@ public struct SaveFileReader: Sendable {
             done += n
         }
         return bytes
+    }
+
+    /// Reads the whole stream and checks its CRC (to say why a receiver gave up on it).
+    public func verifyStream() async throws(SaveFileError) {
+        let path = self.path
+        let header = self.header
+        let result: SaveFileError? = await runBlocking {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { return .cannotOpen(path: path, reason: errnoText(errno)) }
+            defer { close(fd) }
+            let sink = open("/dev/null", O_WRONLY | O_CLOEXEC)
+            defer { close(sink) }
+            guard lseek(fd, off_t(SaveFile.headerLength + header.metadataLength), SEEK_SET) >= 0 else {
+                return .io(path: path, reason: errnoText(errno))
+            }
+            let copy = tern_copy(fd, sink, UInt64(header.streamLength), 0, 0, nil)
+            if copy.error != 0 { return .io(path: path, reason: errnoText(copy.error)) }
+            return copy.crc == header.streamCRC ? nil : .corrupt(path: path, what: "state stream checksum mismatch")
+        }
+        if let result { throw result }
     }
 
     /// Connects to the hypervisor listening at `socket` and sends it the state stream, checking

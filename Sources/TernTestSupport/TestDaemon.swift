@@ -77,6 +77,10 @@ public final class TestDaemon: @unchecked Sendable {
 
     /// Runs `tern` against this daemon.
     public func tern(_ arguments: String..., stdin: String? = nil, timeout: Double = 120) throws -> ProgramRun {
+        try tern(arguments: arguments, stdin: stdin, timeout: timeout)
+    }
+
+    public func tern(arguments: [String], stdin: String? = nil, timeout: Double = 120) throws -> ProgramRun {
         try TernTestSupport.tern(arguments: arguments + ["--connect", socket], stdin: stdin, timeout: timeout)
     }
 
@@ -126,5 +130,6 @@ public final class TestDaemon: @unchecked Sendable {
 
 public struct DaemonError: Error, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }

@@ -1,0 +1,465 @@
+import Foundation
+import TernTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Moving real VMs between daemons: live migration, save/restore, every row of MISSION.md's two
+/// tables on hosts that offer different CPUs, and every way a move can fail without losing the VM.
+@Suite(.serialized) struct MigrationTests {
+    init() throws { try TestGuest.ensureBuilt() }
+
+    // MARK: - Hosts
+
+    /// A host CPU description: kvm64 (or `model`) of `vendor` plus `features`, written to a file.
+    /// VME is left out: TCG cannot offer it, and a pool over these descriptions must be one every
+    /// host can give.
+    static func hostCPU(_ features: [String], vendor: String = "Intel", model: String = "kvm64") throws -> String {
+        let xml = "<cpu mode='custom' match='exact'>\n  <model>\(model)</model>\n  <vendor>\(vendor)</vendor>\n"
+            + "  <feature policy='disable' name='vme'/>\n"
+            + features.map { "  <feature policy='require' name='\($0)'/>\n" }.joined() + "</cpu>\n"
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("host-cpu-\(UUID().uuidString.prefix(8)).xml")
+        try xml.write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
+
+    static let compatibilityMetadata =
+        "<metadata><tern:cpu xmlns:tern='https://tern.dev/xmlns/domain/1' mode='compatibility'/></metadata>"
+
+    /// Pool mode over the CPUs in `files`.
+    static func poolMetadata(_ files: [String]) throws -> String {
+        let members = try files.map { try String(contentsOfFile: $0, encoding: .utf8) }.joined()
+        return "<metadata><tern:cpu xmlns:tern='https://tern.dev/xmlns/domain/1' mode='pool'>\(members)</tern:cpu></metadata>"
+    }
+
+    // MARK: - Helpers
+
+    /// Defines and starts a counting VM on `daemon` and waits until it counts.
+    func boot(_ name: String, on daemon: TestDaemon, cpu: String = "", memoryMiB: Int = 192) throws {
+        let defined = try daemon.tern("define", "-", stdin: TestDaemon.domainXML(name: name, memoryMiB: memoryMiB, cpu: cpu))
+        try #require(defined.status == 0, "define: \(defined.err)")
+        let started = try daemon.tern("start", name)
+        try #require(started.status == 0, "start: \(started.err)")
+        try #require(daemon.waitForConsole(name, "TERN-GUEST: counter 2"), "no counter: \(daemon.consoleLog(name).suffix(500))")
+    }
+
+    func migrate(_ name: String, from source: TestDaemon, to destination: TestDaemon, _ options: String...) throws -> ProgramRun {
+        try source.tern(arguments: ["migrate", name, "--to", destination.socket] + options)
+    }
+
+    func state(_ name: String, on daemon: TestDaemon) throws -> String? {
+        let info = try daemon.tern("dominfo", name)
+        guard info.status == 0 else { return nil }
+        return info.out.split(separator: "\n").first { $0.hasPrefix("State:") }.map {
+            $0.dropFirst("State:".count).trimmingCharacters(in: .whitespaces)
+        }
+    }
+
+    /// Every counter value in console text, in order.
+    static func counters(_ text: String) -> [Int] {
+        text.split(whereSeparator: \.isNewline).compactMap { line -> Int? in
+            guard let range = line.range(of: "TERN-GUEST: counter ") else { return nil }
+            return Int(line[range.upperBound...].trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+
+    /// The VM moved from `source` to `destination` and went on counting: the two console logs
+    /// together count 1, 2, 3 … with no value missing or repeated, and the destination's log
+    /// holds no boot (no reset).
+    func expectContinuity(_ name: String, from source: TestDaemon, to destination: TestDaemon, sourceLog: String? = nil) throws {
+        let before = sourceLog ?? source.consoleLog(name)
+        let last = Self.counters(before).last ?? 0
+        #expect(destination.waitForConsole(name, "TERN-GUEST: counter \(last + 3)"), "the guest stopped counting after \(last)")
+        let after = destination.consoleLog(name)
+        #expect(!after.contains("TERN-GUEST: booted"), "the guest rebooted on the destination")
+        // The line in flight when the source stopped may be split between the two logs.
+        let all = Self.counters(before + after)
+        #expect(!all.isEmpty && all == Array(1...all.count), "counter not continuous: \(all.suffix(20))")
+    }
+
+    // MARK: - Live migration and save/restore
+
+    @Test func liveMigrationKeepsTheGuestCountingBothWays() throws {
+        let a = try TestDaemon()
+        let b = try TestDaemon()
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try boot("mover", on: a)
+        #expect(a.waitForConsole("mover", "TERN-GUEST: counter 5"))
+        // Capped so that progress shows up.
+        let run = try migrate("mover", from: a, to: b, "--verbose", "--bandwidth", "48")
+        #expect(run.status == 0, "\(run.err)")
+        #expect(run.out.contains("Domain 'mover' migrated to \(b.socket) (live); it is running there"))
+        #expect(run.out.contains("downtime") && run.out.contains("transferred"))
+        #expect(run.err.contains("Migration: ["), "no progress shown: \(run.err)")
+        #expect(try state("mover", on: b) == "running")
+        #expect(try state("mover", on: a) == nil, "the source still has the VM")
+        try expectContinuity("mover", from: a, to: b)
+        // And back, uncapped, with one connection (A's old log is replaced when the VM arrives;
+        // B's stays, with what the guest printed there until it left).
+        let firstLeg = a.consoleLog("mover")
+        let back = try migrate("mover", from: b, to: a, "--connections", "1")
+        #expect(back.status == 0, "\(back.err)")
+        #expect(try state("mover", on: a) == "running")
+        #expect(try state("mover", on: b) == nil)
+        try expectContinuity("mover", from: b, to: a, sourceLog: firstLeg + b.consoleLog("mover"))
+    }
+
+    @Test func aPausedVMArrivesPaused() throws {
+        let a = try TestDaemon()
+        let b = try TestDaemon()
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try boot("sleeper", on: a)
+        #expect(try a.tern("suspend", "sleeper").status == 0)
+        let run = try migrate("sleeper", from: a, to: b)
+        #expect(run.status == 0, "\(run.err)")
+        #expect(try state("sleeper", on: b) == "paused")
+        #expect(try b.tern("resume", "sleeper").status == 0)
+        try expectContinuity("sleeper", from: a, to: b)
+    }
+
+    @Test func saveThenRestoreOnAnotherDaemon() throws {
+        let a = try TestDaemon()
+        let b = try TestDaemon()
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try boot("saved", on: a)
+        let file = a.stateDirectory.appendingPathComponent("saved.ternsave").path
+        let save = try a.tern("save", "saved", file)
+        #expect(save.status == 0, "\(save.err)")
+        #expect(save.out.contains("Domain 'saved' saved to \(file)"))
+        #expect(try state("saved", on: a) == "shutoff")
+        let sourceLog = a.consoleLog("saved")
+        let last = Self.counters(sourceLog).last ?? 0
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(Self.counters(a.consoleLog("saved")).last == last, "the saved VM went on running")
+        let restore = try b.tern("restore", file)
+        #expect(restore.status == 0, "\(restore.err)")
+        #expect(restore.out.contains("Domain 'saved' restored from \(file)"))
+        #expect(try state("saved", on: b) == "running")
+        try expectContinuity("saved", from: a, to: b, sourceLog: sourceLog)
+        // The same file again, under another name, on the first daemon.
+        let again = try a.tern("restore", file, "--name", "saved-copy")
+        #expect(again.status == 0, "\(again.err)")
+        #expect(a.waitForConsole("saved-copy", "TERN-GUEST: counter \(last + 2)"))
+    }
+
+    @Test func quickMigrationThroughASharedDirectory() throws {
+        let a = try TestDaemon()
+        let b = try TestDaemon()
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try boot("quick", on: a)
+        let shared = a.stateDirectory.path
+        let run = try migrate("quick", from: a, to: b, "--quick", shared)
+        #expect(run.status == 0, "\(run.err)")
+        #expect(run.out.contains("(quick)"))
+        #expect(try state("quick", on: b) == "running")
+        #expect(try state("quick", on: a) == nil)
+        try expectContinuity("quick", from: a, to: b)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: shared).allSatisfy { !$0.hasSuffix(".ternsave") })
+    }
+
+    // MARK: - MISSION.md, table 1: without compatibility mode
+
+    /// Each row: a VM booted on A moves to B, and one booted on B moves to A.
+    @Test(arguments: [
+        ("X, Y, Z → X, Y, Z", ["ssse3", "popcnt", "xsave"], ["ssse3", "popcnt", "xsave"], true, true),
+        ("X, Y, Z → X, Y", ["ssse3", "popcnt", "xsave"], ["ssse3", "popcnt"], false, true),
+        ("X, Y → X, Y, Z", ["ssse3", "popcnt"], ["ssse3", "popcnt", "xsave"], true, false),
+        ("X, Y → Y, Z", ["ssse3", "popcnt"], ["popcnt", "xsave"], false, false),
+    ])
+    func table1WithoutCompatibilityMode(row: String, hostA: [String], hostB: [String], aToB: Bool, bToA: Bool) throws {
+        let a = try TestDaemon(hostCPU: try Self.hostCPU(hostA + ["aes"]))
+        let b = try TestDaemon(hostCPU: try Self.hostCPU(hostB + ["aes"]))
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try expectMove("from-a", bootedOn: a, to: b, succeeds: aToB, missing: Set(hostA).subtracting(hostB), row: row)
+        try expectMove("from-b", bootedOn: b, to: a, succeeds: bToA, missing: Set(hostB).subtracting(hostA), row: row)
+    }
+
+    /// Boots a VM (host CPU unless `cpu` says otherwise) on `source`, moves it to `destination`
+    /// and checks the outcome: moved and counting, or refused naming `missing` with the VM still
+    /// running on the source and nothing left on the destination.
+    func expectMove(
+        _ name: String, bootedOn source: TestDaemon, to destination: TestDaemon, cpu: String = "", succeeds: Bool,
+        missing: Set<String>, row: String
+    ) throws {
+        try boot(name, on: source, cpu: cpu)
+        let run = try migrate(name, from: source, to: destination)
+        if succeeds {
+            #expect(run.status == 0, "\(row): \(run.err)")
+            #expect(try state(name, on: destination) == "running", "\(row)")
+            try expectContinuity(name, from: source, to: destination)
+            _ = try destination.tern("destroy", name)
+        } else {
+            #expect(run.status != 0, "\(row): the move should be refused")
+            #expect(run.err.contains("processor compatibility check refused"), "\(row): \(run.err)")
+            for feature in missing { #expect(run.err.contains(feature), "\(row): \(feature) not named in \(run.err)") }
+            #expect(run.err.contains("the VM is running on the source"), "\(row): \(run.err)")
+            #expect(try state(name, on: source) == "running", "\(row)")
+            #expect(try state(name, on: destination) == nil, "\(row): the destination kept something")
+            let last = source.lastCounter(name)
+            #expect(source.waitForConsole(name, "TERN-GUEST: counter \(last + 2)"), "\(row): the VM stopped counting")
+            _ = try source.tern("destroy", name)
+        }
+    }
+
+    // MARK: - MISSION.md, table 2: the pool baseline (and the classic mask)
+
+    @Test(arguments: [
+        ("X, Y, Z | X, Y, Z", ["ssse3", "popcnt", "xsave"], ["ssse3", "popcnt", "xsave"], ["ssse3", "popcnt", "xsave"], [String]()),
+        ("X, Y, Z | X, Y", ["ssse3", "popcnt", "xsave"], ["ssse3", "popcnt"], ["ssse3", "popcnt"], ["xsave"]),
+        ("X, Y | X, Y, Z", ["ssse3", "popcnt"], ["ssse3", "popcnt", "xsave"], ["ssse3", "popcnt"], ["xsave"]),
+        ("X, Y | Y, Z", ["ssse3", "popcnt"], ["popcnt", "xsave"], ["popcnt"], ["ssse3", "xsave"]),
+    ])
+    func table2PoolMode(row: String, hostA: [String], hostB: [String], guestHas: [String], guestLacks: [String]) throws {
+        let fileA = try Self.hostCPU(hostA + ["aes"])
+        let fileB = try Self.hostCPU(hostB + ["aes"])
+        let a = try TestDaemon(hostCPU: fileA)
+        let b = try TestDaemon(hostCPU: fileB)
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        let pool = try Self.poolMetadata([fileA, fileB])
+        // A → B and back, and a VM booted on B to A.
+        try boot("pooled", on: a, cpu: pool)
+        let flags = guestFlags(a.consoleLog("pooled"))
+        for feature in guestHas { #expect(flags.contains(feature), "\(row): guest lacks \(feature): \(flags)") }
+        for feature in guestLacks { #expect(!flags.contains(feature), "\(row): guest has \(feature)") }
+        #expect(flags.contains("aes"), "\(row): the common aes is missing")
+        let there = try migrate("pooled", from: a, to: b)
+        #expect(there.status == 0, "\(row): A → B: \(there.err)")
+        try expectContinuity("pooled", from: a, to: b)
+        let firstLeg = a.consoleLog("pooled")
+        let back = try migrate("pooled", from: b, to: a)
+        #expect(back.status == 0, "\(row): B → A: \(back.err)")
+        try expectContinuity("pooled", from: b, to: a, sourceLog: firstLeg + b.consoleLog("pooled"))
+        try expectMove("pooled-b", bootedOn: b, to: a, cpu: pool, succeeds: true, missing: [], row: row)
+    }
+
+    @Test(arguments: [
+        ("X, Y, Z | X, Y, Z", ["ssse3", "popcnt", "xsave"], ["ssse3", "popcnt", "xsave"]),
+        ("X, Y, Z | X, Y", ["ssse3", "popcnt", "xsave"], ["ssse3", "popcnt"]),
+        ("X, Y | X, Y, Z", ["ssse3", "popcnt"], ["ssse3", "popcnt", "xsave"]),
+        ("X, Y | Y, Z", ["ssse3", "popcnt"], ["popcnt", "xsave"]),
+    ])
+    func table2ClassicModeInsideItsMask(row: String, hostA: [String], hostB: [String]) throws {
+        // SSSE3, POPCNT and XSAVE are all in the Intel mask: every move succeeds and the guest
+        // has none of them.
+        let a = try TestDaemon(hostCPU: try Self.hostCPU(hostA + ["aes"]))
+        let b = try TestDaemon(hostCPU: try Self.hostCPU(hostB + ["aes"]))
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try boot("classic-a", on: a, cpu: Self.compatibilityMetadata)
+        let flags = guestFlags(a.consoleLog("classic-a"))
+        for feature in ["ssse3", "popcnt", "xsave"] { #expect(!flags.contains(feature), "\(row): guest has \(feature)") }
+        _ = try a.tern("destroy", "classic-a")
+        try expectMove("classic-a2", bootedOn: a, to: b, cpu: Self.compatibilityMetadata, succeeds: true, missing: [], row: row)
+        try expectMove("classic-b", bootedOn: b, to: a, cpu: Self.compatibilityMetadata, succeeds: true, missing: [], row: row)
+    }
+
+    @Test func classicModeRefusesDifferencesOutsideItsMask() throws {
+        // AES is not in the 2009 mask: a classic-mode VM from a host with AES cannot go to one without.
+        let a = try TestDaemon(hostCPU: try Self.hostCPU(["ssse3", "popcnt", "xsave", "aes"]))
+        let b = try TestDaemon(hostCPU: try Self.hostCPU(["ssse3", "popcnt", "xsave"]))
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try expectMove(
+            "classic-aes", bootedOn: a, to: b, cpu: Self.compatibilityMetadata, succeeds: false, missing: ["aes"],
+            row: "classic, aes outside the mask")
+        try expectMove(
+            "classic-noaes", bootedOn: b, to: a, cpu: Self.compatibilityMetadata, succeeds: true, missing: [],
+            row: "classic, towards the host with aes")
+    }
+
+    /// The flags the guest printed at boot.
+    func guestFlags(_ log: String) -> Set<String> {
+        guard let line = log.split(whereSeparator: \.isNewline).first(where: { $0.contains("TERN-GUEST: flags=") }),
+            let range = line.range(of: "flags=")
+        else { return [] }
+        return Set(line[range.upperBound...].split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+    }
+
+    // MARK: - Refusals and failures: the VM is never lost
+
+    @Test func crossVendorMovesAreRefusedInAnyMode() throws {
+        let intel = try TestDaemon(hostCPU: try Self.hostCPU(["ssse3", "aes"]))
+        let amd = try TestDaemon(hostCPU: try Self.hostCPU([], vendor: "AMD", model: "Opteron_G3"))
+        defer {
+            intel.tearDown()
+            amd.tearDown()
+        }
+        try boot("intel-vm", on: intel, cpu: Self.compatibilityMetadata)
+        let run = try migrate("intel-vm", from: intel, to: amd)
+        #expect(run.status != 0)
+        #expect(run.err.contains("moving between vendors is never allowed"), "\(run.err)")
+        #expect(try state("intel-vm", on: intel) == "running")
+        #expect(try state("intel-vm", on: amd) == nil)
+        // Nor through a save file.
+        let file = intel.stateDirectory.appendingPathComponent("intel.ternsave").path
+        #expect(try intel.tern("save", "intel-vm", file).status == 0)
+        let restore = try amd.tern("restore", file)
+        #expect(restore.status != 0)
+        #expect(restore.err.contains("moving between vendors is never allowed"), "\(restore.err)")
+        #expect(try state("intel-vm", on: amd) == nil)
+        #expect(try intel.tern("restore", file).status == 0, "the file still restores on its own host")
+    }
+
+    /// Starts a slow (capped) migration in the background and waits until the destination is
+    /// receiving. Returns the running `tern migrate` and the receiving QEMU's pid.
+    func startSlowMigration(_ name: String, from a: TestDaemon, to b: TestDaemon) throws -> (Process, Pipe, Int32) {
+        let process = Process()
+        process.executableURL = packageRoot.appendingPathComponent(".build/debug/tern")
+        process.arguments = ["migrate", name, "--to", b.socket, "--bandwidth", "8", "--connect", a.socket]
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        var pid: Int32?
+        for _ in 0..<200 where pid == nil {
+            Thread.sleep(forTimeInterval: 0.05)
+            let info = try b.tern("dominfo", name, "--json").out
+            if info.contains("\"state\" : \"incoming\""), let range = info.range(of: "\"pid\" : ") {
+                pid = Int32(info[range.upperBound...].prefix { $0.isNumber })
+            }
+        }
+        guard let pid else { throw DaemonError(message: "the destination never started receiving") }
+        Thread.sleep(forTimeInterval: 1)  // well into the transfer
+        return (process, pipe, pid)
+    }
+
+    func expectStillOnSource(_ name: String, _ a: TestDaemon, _ b: TestDaemon, _ process: Process, _ pipe: Pipe) throws {
+        process.waitUntilExit()
+        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus != 0)
+        #expect(err.contains("failed during the transfer") && err.contains("the VM is running on the source"), "\(err)")
+        #expect(try state(name, on: a) == "running")
+        let last = a.lastCounter(name)
+        #expect(a.waitForConsole(name, "TERN-GUEST: counter \(last + 3)"), "the VM stopped counting on the source")
+        let all = Self.counters(a.consoleLog(name))
+        #expect(all == Array(1...all.count), "the counter skipped or reset: \(all.suffix(20))")
+        var gone = false
+        for _ in 0..<50 where !gone {
+            gone = try state(name, on: b) == nil
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(gone, "the destination kept the half-received VM")
+        #expect(try b.tern("list").status == 0, "the destination daemon died")
+        // And it can still move once the trouble is gone.
+        let again = try migrate(name, from: a, to: b)
+        #expect(again.status == 0, "\(again.err)")
+    }
+
+    @Test func killingTheDestinationDuringTheTransferLeavesTheVMOnItsSource() throws {
+        let a = try TestDaemon()
+        let b = try TestDaemon()
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try boot("survivor", on: a)
+        let (process, pipe, pid) = try startSlowMigration("survivor", from: a, to: b)
+        kill(pid, SIGKILL)
+        try expectStillOnSource("survivor", a, b, process, pipe)
+    }
+
+    @Test func cuttingTheConnectionDuringTheTransferLeavesTheVMOnItsSource() throws {
+        let a = try TestDaemon()
+        let b = try TestDaemon()
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try boot("cut", on: a)
+        let (process, pipe, pid) = try startSlowMigration("cut", from: a, to: b)
+        // The port the receiving QEMU listens on, then every connection to or from it, killed.
+        let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
+        let port = try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
+        let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
+        #expect(cut.status == 0, "\(cut.err)")
+        try expectStillOnSource("cut", a, b, process, pipe)
+    }
+
+    @Test func aVanishedDestinationDaemonNeverLeavesTwoRunningCopies() throws {
+        let a = try TestDaemon()
+        let b = try TestDaemon()
+        defer {
+            a.tearDown()
+            b.tearDown()
+        }
+        try boot("orphan", on: a)
+        let (process, pipe, qemu) = try startSlowMigration("orphan", from: a, to: b)
+        b.kill()  // the daemon, not its QEMU: the stream goes on, nobody can confirm
+        process.waitUntilExit()
+        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus != 0)
+        #expect(err.contains("the VM is running on the source"), "\(err)")
+        #expect(try state("orphan", on: a) == "running")
+        let last = a.lastCounter("orphan")
+        #expect(a.waitForConsole("orphan", "TERN-GUEST: counter \(last + 3)"))
+        // The received copy never ran, and the restarted daemon ends it and forgets it.
+        try b.start()
+        #expect(try state("orphan", on: b) == nil)
+        #expect(kill(qemu, 0) != 0 || (try? String(contentsOfFile: "/proc/\(qemu)/stat", encoding: .utf8))?.contains(") Z") == true)
+    }
+
+    // MARK: - Bad save files
+
+    @Test func badSaveFilesAreRefusedAndNothingStarts() throws {
+        let a = try TestDaemon()
+        defer { a.tearDown() }
+        try boot("source", on: a)
+        let good = a.stateDirectory.appendingPathComponent("good.ternsave").path
+        #expect(try a.tern("save", "source", good).status == 0)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: good))
+        func restore(_ data: Data, _ label: String) throws -> ProgramRun {
+            let path = a.stateDirectory.appendingPathComponent("\(label).ternsave").path
+            try data.write(to: URL(fileURLWithPath: path))
+            return try a.tern("restore", path, "--name", label)
+        }
+        let truncated = try restore(bytes.prefix(bytes.count / 2), "truncated")
+        #expect(truncated.status != 0)
+        #expect(truncated.err.contains("is truncated"), "\(truncated.err)")
+        var flipped = bytes
+        flipped[4096 + (bytes.count - 4096) / 2] ^= 0x5A  // inside the state stream (guest memory)
+        let corrupt = try restore(flipped, "corrupt")
+        #expect(corrupt.status != 0)
+        #expect(corrupt.err.contains("state stream checksum mismatch"), "\(corrupt.err)")
+        var header = bytes
+        header[30] ^= 0x01
+        let badHeader = try restore(header, "badheader")
+        #expect(badHeader.status != 0)
+        #expect(badHeader.err.contains("header checksum mismatch"), "\(badHeader.err)")
+        let foreign = try restore(Data("QEVM\u{0}\u{0}\u{0}\u{3}not ours".utf8) + bytes.suffix(1000), "foreign")
+        #expect(foreign.status != 0)
+        #expect(foreign.err.contains("is not a Tern save file"), "\(foreign.err)")
+        let missing = try a.tern("restore", "/nonexistent/file.ternsave")
+        #expect(missing.status != 0 && missing.err.contains("cannot open save file"), "\(missing.err)")
+        for label in ["truncated", "corrupt", "badheader", "foreign"] {
+            #expect(try state(label, on: a) == nil, "\(label) left a VM behind")
+        }
+        // The daemon and the good file are fine.
+        let restored = try a.tern("restore", good)
+        #expect(restored.status == 0, "\(restored.err)")
+        #expect(try state("source", on: a) == "running")
+    }
+}
