@@ -18,7 +18,7 @@ import TernHypervisor
 /// | POST | /vms/{name}/migrate | `MigrateRequest` → `MigrationReport` (this daemon is the source) |
 /// | GET | /vms/{name}/migration | → `MigrationProgress` (the current or last migration) |
 /// | POST | /migrations/incoming | `IncomingMigrationRequest` → `IncomingMigrationReply` (destination: gate, then prepare) |
-/// | POST | /migrations/incoming/{name}/finish | → `VMInfo` (destination: the state is in, the guest runs) |
+/// | POST | /migrations/incoming/{name}/finish | → `IncomingMigrationFinish` (destination: the state is in, the guest runs) |
 /// | DELETE | /migrations/incoming/{name} | → `VMInfo` (destination: abort, nothing kept) |
 public enum API {
     /// The API's version, in every response's `Tern-API` header.
@@ -302,6 +302,17 @@ public struct IncomingMigrationRequest: Codable, Sendable {
 public struct IncomingMigrationReply: Codable, Sendable {
     public var address: MigrationAddress
     public init(address: MigrationAddress) { self.address = address }
+}
+
+/// Destination → source: the VM is in and runs (or stays paused, as it was).
+public struct IncomingMigrationFinish: Codable, Sendable {
+    public var vm: VMInfo
+    /// Milliseconds the destination spent after resuming the guest, before replying.
+    public var afterResumeMs: Double
+    public init(vm: VMInfo, afterResumeMs: Double) {
+        self.vm = vm
+        self.afterResumeMs = afterResumeMs
+    }
 }
 
 /// An error as the API returns it.

@@ -154,18 +154,20 @@ extension VMHost {
     /// Destination, last phase: waits until the state is in, lets the guest run (if it ran on the
     /// source), then keeps the VM. The receiving VM never runs before this: if the source or the
     /// link vanishes, there is never a second running copy.
-    public func finishIncoming(_ name: String) async throws -> VMInfo {
+    public func finishIncoming(_ name: String) async throws -> IncomingMigrationFinish {
         guard incoming[name] != nil, let vm = instances[name] else {
             throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "finish receiving")
         }
         do {
             try await waitUntilReceived(name, vm)
             if resumeOnArrival[name] == true { try await vm.resume() }
+            let resumed = ContinuousClock.now
             let state = try await vm.runState()
             guard state == .running || state == .paused else {
                 throw HypervisorError.commandFailed(command: "query-status", message: "the received guest is \(state.rawValue)")
             }
-            return info(try commitIncoming(name, state: state.rawValue))
+            let record = try commitIncoming(name, state: state.rawValue)
+            return IncomingMigrationFinish(vm: info(record), afterResumeMs: Double(milliseconds(ContinuousClock.now - resumed)))
         } catch {
             await discardIncoming(name)
             throw error
@@ -240,7 +242,7 @@ extension VMHost {
                     command: "migrate-incoming", message: progress.error ?? "receiving the state \(progress.status.rawValue)")
             default:
                 if ContinuousClock.now > deadline { throw HypervisorError.timeout("the incoming state of '\(name)'") }
-                try await Task.sleep(for: .milliseconds(5))
+                try await Task.sleep(for: .milliseconds(1))
             }
         }
     }
@@ -323,7 +325,7 @@ extension VMHost {
         let confirmBegin = clock.now
 
         // 3. The destination confirms the guest runs there; until then this copy is kept.
-        let remote: VMInfo
+        let remote: IncomingMigrationFinish
         do {
             remote = try await destination.post("/migrations/incoming/\(name)/finish")
         } catch {
@@ -333,16 +335,18 @@ extension VMHost {
             throw HostError.migrationFailed(name: name, phase: "confirmation by \(request.destination)", reason: "\(error)", vmState: vmState)
         }
 
-        // The guest was stopped from the source's last pass until the destination resumed it.
         let confirmMs = milliseconds(clock.now - confirmBegin)
+        // The guest was stopped from the source's last pass (QEMU's downtime) until the destination
+        // resumed it: the confirmation's round trip, less what the destination did after resuming.
+        let resumeDelayMs = max(0, confirmMs - Int(remote.afterResumeMs))
 
         // 4. Only now does this host stop and forget its copy.
         await forget(name, vm)
         let totalMs = milliseconds(clock.now - begin)
         return MigrationReport(
-            vm: remote, destination: request.destination, kind: "live", totalMs: totalMs,
+            vm: remote.vm, destination: request.destination, kind: "live", totalMs: totalMs,
             prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
-            downtimeMs: (final.downtimeMs ?? 0) + (transfer.running ? confirmMs : 0), bytes: final.transferredBytes, rounds: final.rounds,
+            downtimeMs: (final.downtimeMs ?? 0) + (transfer.running ? resumeDelayMs : 0), bytes: final.transferredBytes, rounds: final.rounds,
             throughputMiBps: transferMs > 0 ? Double(final.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
     }
 

@@ -19,6 +19,7 @@ extension MigrationReport: ResponseCodable {}
 extension MigrationProgress: ResponseEncodable {}
 extension IncomingMigrationRequest: ResponseCodable {}
 extension IncomingMigrationReply: ResponseCodable {}
+extension IncomingMigrationFinish: ResponseEncodable {}
 
 /// The routes of Tern's API (documented in `TernAPI/APITypes.swift`) over a ``Host``.
 enum APIRouter {
