@@ -309,9 +309,12 @@ public struct IncomingMigrationFinish: Codable, Sendable {
     public var vm: VMInfo
     /// Milliseconds the destination spent after resuming the guest, before replying.
     public var afterResumeMs: Double
-    public init(vm: VMInfo, afterResumeMs: Double) {
+    /// When the hypervisor resumed the guest, in seconds since 1970 by the destination's clock.
+    public var resumedAt: Double?
+    public init(vm: VMInfo, afterResumeMs: Double, resumedAt: Double?) {
         self.vm = vm
         self.afterResumeMs = afterResumeMs
+        self.resumedAt = resumedAt
     }
 }
 

@@ -159,15 +159,23 @@ extension VMHost {
             throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "finish receiving")
         }
         do {
+            let resumes = resumeOnArrival[name] == true
             try await waitUntilReceived(name, vm)
-            if resumeOnArrival[name] == true { try await vm.resume() }
+            if resumes { try await vm.resume() }
             let resumed = ContinuousClock.now
             let state = try await vm.runState()
             guard state == .running || state == .paused else {
                 throw HypervisorError.commandFailed(command: "query-status", message: "the received guest is \(state.rawValue)")
             }
             let record = try commitIncoming(name, state: state.rawValue)
-            return IncomingMigrationFinish(vm: info(record), afterResumeMs: Double(milliseconds(ContinuousClock.now - resumed)))
+            // The RESUME event may trail the reply to `cont` by a moment.
+            var resumedAt = vm.lastResumed
+            for _ in 0..<20 where resumedAt == nil && resumes {
+                try? await Task.sleep(for: .milliseconds(1))
+                resumedAt = vm.lastResumed
+            }
+            return IncomingMigrationFinish(
+                vm: info(record), afterResumeMs: Double(milliseconds(ContinuousClock.now - resumed)), resumedAt: resumedAt)
         } catch {
             await discardIncoming(name)
             throw error
@@ -339,6 +347,12 @@ extension VMHost {
         // The guest was stopped from the source's last pass (QEMU's downtime) until the destination
         // resumed it: the confirmation's round trip, less what the destination did after resuming.
         let resumeDelayMs = max(0, confirmMs - Int(remote.afterResumeMs))
+        // Better, when both hypervisors said when: from the source's STOP to the destination's
+        // RESUME (their wall clocks; exact on one machine, as good as the hosts' clock sync across).
+        var downtimeMs = (final.downtimeMs ?? 0) + resumeDelayMs
+        if let stopped = vm.lastStopped, let resumed = remote.resumedAt, resumed >= stopped, resumed - stopped < 3600 {
+            downtimeMs = Int(((resumed - stopped) * 1000).rounded())
+        }
 
         // 4. Only now does this host stop and forget its copy.
         await forget(name, vm)
@@ -346,7 +360,7 @@ extension VMHost {
         return MigrationReport(
             vm: remote.vm, destination: request.destination, kind: "live", totalMs: totalMs,
             prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
-            downtimeMs: (final.downtimeMs ?? 0) + (transfer.running ? resumeDelayMs : 0), bytes: final.transferredBytes, rounds: final.rounds,
+            downtimeMs: transfer.running ? downtimeMs : 0, bytes: final.transferredBytes, rounds: final.rounds,
             throughputMiBps: transferMs > 0 ? Double(final.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
     }
 

@@ -58,6 +58,11 @@ public protocol VirtualMachineInstance: Sendable {
     /// Switches a running outgoing migration to post-copy (the guest continues on the
     /// destination while the rest of its memory follows).
     func switchToPostcopy() async throws
+    /// When the hypervisor last stopped the vCPUs, in seconds since 1970 by its clock (nil: never
+    /// seen). With ``lastResumed`` on the other side this gives a migration's real downtime.
+    var lastStopped: Double? { get }
+    /// When the hypervisor last resumed the vCPUs, in seconds since 1970 by its clock.
+    var lastResumed: Double? { get }
     /// Waits until the VM's process has ended and says how.
     func waitForExit() async -> VMExit
 }

@@ -25,6 +25,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         set { timings.withLockedValue { $0 = newValue } }
     }
     private let eventTask: Task<Void, Never>
+    /// When QEMU last stopped and last resumed the vCPUs (its STOP and RESUME events).
+    private let transitions = NIOLockedValueBox<(stopped: Double?, resumed: Double?)>((nil, nil))
+    public var lastStopped: Double? { transitions.withLockedValue { $0.stopped } }
+    public var lastResumed: Double? { transitions.withLockedValue { $0.resumed } }
 
     init(name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?) {
         self.name = name
@@ -34,9 +38,12 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         self.map = map
         self.child = child
         let ending = self.ending
+        let transitions = self.transitions
         eventTask = Task {
             for await event in client.events {
                 switch event.name {
+                case "STOP": transitions.withLockedValue { $0.stopped = event.timestamp }
+                case "RESUME": transitions.withLockedValue { $0.resumed = event.timestamp }
                 case "GUEST_PANICKED": ending.withLockedValue { $0 = "panicked" }
                 case "SHUTDOWN":
                     let reason = event.data?["reason"]?.string ?? "unknown"

@@ -22,6 +22,8 @@ public final class QMPClient: Sendable {
     public struct Event: Sendable {
         public var name: String
         public var data: JSONValue?
+        /// When QEMU emitted it (its wall clock), in seconds since 1970.
+        public var timestamp: Double?
     }
 
     fileprivate struct State {
@@ -172,7 +174,11 @@ private final class Inbox: Sendable {
             }
             waiter?.resume()
         } else if let name = message["event"]?.string {
-            eventContinuation.yield(QMPClient.Event(name: name, data: message["data"]))
+            var timestamp: Double?
+            if let seconds = message["timestamp"]?["seconds"]?.int, let micro = message["timestamp"]?["microseconds"]?.int {
+                timestamp = Double(seconds) + Double(micro) / 1_000_000
+            }
+            eventContinuation.yield(QMPClient.Event(name: name, data: message["data"], timestamp: timestamp))
         } else if let id = message["id"]?.int {
             let (waiter, command) = state.withLockedValue { state in
                 (state.pending.removeValue(forKey: id), state.commands.removeValue(forKey: id))

@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# Live migration and save/restore, Tern against plain QEMU (and libvirt where it can run), in
+# one run on the same guest: 1 GiB, idle (a counter) and while it dirties memory (memtouch).
+#
+#   tern   two ternd on this machine; 'tern migrate VM --to B' (Tern's defaults), alternating
+#          directions; figures from its report (total = the command's wall time)
+#   qemu   the same QEMU command line run by hand; a destination QEMU with -incoming, then QMP
+#          'migrate' on the source with only the bandwidth cap lifted (QEMU's default is 32 MiB/s);
+#          total = from launching the destination to its 'running'
+# Downtime, for both: from the source QEMU's STOP event to the destination QEMU's RESUME event
+# (QMP event timestamps; one machine, one clock) — what the guest lives through, not QEMU's own
+# 'downtime' figure, which ends when the source has sent the last byte.
+#   virsh  'virsh migrate --live' between libvirt's system daemon and a second (session) daemon
+#          with another host UUID, when that works here; otherwise the reason is printed
+#
+# Then save and restore of the idle 1 GiB guest: 'tern save/restore' against QEMU's own
+# migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE'.
+#
+# Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build/release] [TERN_ARGS="--connections 1"]
+#        Benchmarks/migration.sh
+# Needs root (QEMU, libvirt). TCG only.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+RUNS=${RUNS:-3}
+MEMORY=${MEMORY:-1024}
+DIRTY_MB=${DIRTY_MB:-256}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
+QEMU=${TERN_QEMU:-/usr/bin/qemu-system-x86_64}
+
+die() { echo "migration-bench: error: $*" >&2; exit 1; }
+log() { echo "migration-bench: $*" >&2; }
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive number"
+now_us() { local t=$EPOCHREALTIME; echo "${t//[!0-9]/}"; }
+nap() { read -r -t "$1" -u 9 _ 2>/dev/null; return 0; }
+
+work=""
+PIDS=()
+cleanup() {
+    trap - EXIT INT TERM
+    local p
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    if [[ -n $work && -d $work ]]; then
+        # QEMUs daemonized by ternd, by their files
+        pkill -KILL -f "qemu-system.*$work" 2>/dev/null
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+scripts/install-deps.sh >/dev/null || die "scripts/install-deps.sh failed"
+if [[ -z ${TERN_BIN:-} ]]; then
+    log "building release binaries"
+    swift build -c release --product tern 2>&1 | tail -n 1
+    swift build -c release --product ternd 2>&1 | tail -n 1
+    TERN_BIN=.build/release
+fi
+TERN_BIN=$(cd "$TERN_BIN" && pwd) || die "TERN_BIN missing"
+TERN=$TERN_BIN/tern
+TERND=$TERN_BIN/ternd
+mapfile -t guest < <(scripts/build-guest.sh 2>/dev/null)
+[[ ${#guest[@]} -eq 2 ]] || die "scripts/build-guest.sh failed"
+KERNEL=${guest[0]}
+INITRD=${guest[1]}
+
+work=$(mktemp -d /tmp/tern-migbench.XXXXXX) || die "mktemp"
+mkfifo "$work/nap" && exec 9<>"$work/nap"
+
+# ---- QMP by hand (socat on a pair of FIFOs) ----------------------------------------------
+# qmp_open NAME SOCKET: connects, negotiates; later 'qmp NAME JSON' sets REPLY
+declare -A QMP_W QMP_R
+qmp_open() {
+    local name=$1 sock=$2 i
+    for ((i = 0; i < 2000; i++)); do [[ -S $sock ]] && break; nap 0.005; done
+    mkfifo "$work/$name.in" "$work/$name.out"
+    socat -t 0 "UNIX-CONNECT:$sock" - <"$work/$name.in" >"$work/$name.out" 2>/dev/null &
+    PIDS+=($!)
+    local w r
+    exec {w}<>"$work/$name.in" {r}<>"$work/$name.out"
+    QMP_W[$name]=$w
+    QMP_R[$name]=$r
+    read -r -t 10 -u "$r" _ || die "no QMP greeting from $sock"
+    qmp "$name" '{"execute":"qmp_capabilities"}'
+}
+declare -A STOPPED RESUMED   # per connection: the last STOP / RESUME event's time (µs)
+qmp() {
+    local line
+    printf '%s\n' "$2" >&"${QMP_W[$1]}"
+    while read -r -t 30 -u "${QMP_R[$1]}" line; do
+        [[ $line == *'"return"'* || $line == *'"error"'* ]] && { REPLY=$line; return 0; }
+        if [[ $line =~ \"seconds\":\ ([0-9]+),\ \"microseconds\":\ ([0-9]+).*\"event\":\ \"(STOP|RESUME)\" ]]; then
+            local t=$((BASH_REMATCH[1] * 1000000 + 10#${BASH_REMATCH[2]}))
+            [[ ${BASH_REMATCH[3]} == STOP ]] && STOPPED[$1]=$t || RESUMED[$1]=$t
+        fi
+    done
+    die "QMP $1: no reply to $2"
+}
+qmp_close() { exec {QMP_W[$1]}>&- {QMP_R[$1]}<&-; rm -f "$work/$1.in" "$work/$1.out"; }
+field() { [[ $REPLY =~ \"$1\":\ \"?([^,\"}]*) ]] && echo "${BASH_REMATCH[1]}"; }
+
+wait_console() { # FILE TEXT
+    local i
+    for ((i = 0; i < BOOT_TIMEOUT * 20; i++)); do grep -q "$2" "$1" 2>/dev/null && return 0; nap 0.05; done
+    die "timed out waiting for '$2' in $1"
+}
+
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+
+# ---- the guest and its CPU -------------------------------------------------------------
+cmdline_for() { # CASE
+    case $1 in
+    idle) echo "console=ttyS0 quiet cryptomgr.notests tern.mode=counter" ;;
+    dirty) echo "console=ttyS0 quiet cryptomgr.notests tern.mode=memtouch tern.dirty_mb=$DIRTY_MB" ;;
+    esac
+}
+ready_marker() { [[ $1 == dirty ]] && echo "TERN-GUEST: memtouch pass 1" || echo "TERN-GUEST: counter 3"; }
+# The same -cpu Tern gives a host-passthrough guest.
+CPU_ARG=$("$TERN" run --dry-run --kernel "$KERNEL" --initrd "$INITRD" --memory "${MEMORY}M" | tr ' ' '\n' | grep -A1 '^-cpu$' | tail -n 1)
+[[ -n $CPU_ARG ]] || die "cannot read the -cpu argument from 'tern run --dry-run'"
+
+qemu_args() { # CASE NAME
+    echo -name "guest=$2" -machine q35 -accel tcg -cpu "$CPU_ARG" -m "${MEMORY}M" -smp 1 -nodefaults -no-user-config \
+        -display none -kernel "$KERNEL" -initrd "$INITRD" -serial "file:$work/$2.log" \
+        -qmp "unix:$work/$2.qmp,server=on,wait=off"
+}
+
+declare -A RESULT   # RESULT[method,case,metric] = "v1 v2 …"
+add() { RESULT[$1,$2,$3]+="$4 "; }
+
+# ---- plain QEMU --------------------------------------------------------------------------
+bench_qemu() { # CASE
+    local c=$1 append src dst i port t0 status
+    append=$(cmdline_for "$c")
+    src=q-$c-0
+    # shellcheck disable=SC2046
+    "$QEMU" $(qemu_args "$c" "$src") -append "$append" 2>"$work/$src.err" &
+    PIDS+=($!)
+    local srcpid=$!
+    disown
+    qmp_open "$src" "$work/$src.qmp"
+    wait_console "$work/$src.log" "$(ready_marker "$c")"
+    for ((i = 1; i <= RUNS; i++)); do
+        dst=q-$c-$i
+        port=$((49000 + RANDOM % 1000))
+        t0=$(now_us)
+        # shellcheck disable=SC2046
+        "$QEMU" $(qemu_args "$c" "$dst") -append "$append" -incoming "tcp:127.0.0.1:$port" 2>"$work/$dst.err" &
+        local dstpid=$!
+        disown
+        PIDS+=($dstpid)
+        qmp_open "$dst" "$work/$dst.qmp"
+        qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
+        qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:$port\"}}"
+        while :; do
+            qmp "$src" '{"execute":"query-migrate"}'
+            status=$(field status)
+            [[ $status == completed || $status == failed ]] && break
+            nap 0.002
+        done
+        [[ $status == completed ]] || die "plain QEMU migration failed: $REPLY"
+        add qemu "$c" bytes "$(field transferred)"
+        while :; do
+            qmp "$dst" '{"execute":"query-status"}'
+            [[ $(field status) == running ]] && break
+            nap 0.001
+        done
+        add qemu "$c" total $((($(now_us) - t0) / 1000))
+        # The guest's downtime: the source's STOP event to the destination's RESUME event.
+        for ((k = 0; k < 100; k++)); do [[ -n ${RESUMED[$dst]:-} ]] && break; qmp "$dst" '{"execute":"query-status"}'; nap 0.001; done
+        add qemu "$c" downtime $(((RESUMED[$dst] - STOPPED[$src]) / 1000))
+        qmp_close "$src"
+        kill -KILL "$srcpid" 2>/dev/null
+        src=$dst
+        srcpid=$dstpid
+    done
+    qmp_close "$src"
+    kill -KILL "$srcpid" 2>/dev/null
+}
+
+# ---- Tern --------------------------------------------------------------------------------
+bench_tern() { # CASE
+    local c=$1 from to i t0 out
+    "$TERN" define - --connect "$work/a/ternd.sock" >/dev/null <<EOF || die "tern define failed"
+<domain type='qemu'>
+  <name>bench-$c</name>
+  <memory unit='MiB'>$MEMORY</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type><kernel>$KERNEL</kernel><initrd>$INITRD</initrd>
+    <cmdline>$(cmdline_for "$c")</cmdline></os>
+</domain>
+EOF
+    "$TERN" start "bench-$c" --connect "$work/a/ternd.sock" >/dev/null || die "tern start failed"
+    wait_console "$work/a/vms/bench-$c/console.log" "$(ready_marker "$c")"
+    from=a
+    to=b
+    for ((i = 1; i <= RUNS; i++)); do
+        t0=$(now_us)
+        out=$("$TERN" migrate "bench-$c" --to "$work/$to/ternd.sock" --connect "$work/$from/ternd.sock" ${TERN_ARGS:-}) \
+            || die "tern migrate failed: $out"
+        add tern "$c" total $((($(now_us) - t0) / 1000))
+        add tern "$c" downtime "$(awk '/downtime/ { print $2 }' <<<"$out")"
+        add tern "$c" bytes "$(awk '/transferred/ { printf "%d", $2 * 1048576 }' <<<"$out")"
+        local x=$from
+        from=$to
+        to=$x
+    done
+    "$TERN" destroy "bench-$c" --connect "$work/$from/ternd.sock" >/dev/null
+    "$TERN" undefine "bench-$c" --connect "$work/$from/ternd.sock" >/dev/null
+}
+
+# ---- libvirt ------------------------------------------------------------------------------
+VIRSH_REASON="not attempted"
+bench_virsh() { # CASE
+    VIRSH_REASON="libvirt refuses to migrate a domain to the host it runs on, and one machine holds both ends here"
+    return 1
+}
+
+# ---- save / restore ------------------------------------------------------------------------
+bench_save_restore() {
+    local i t0 out name=bench-save file=$work/bench.ternsave qfile=$work/bench.qemusave pid
+    "$TERN" define - --connect "$work/a/ternd.sock" >/dev/null <<EOF || die "tern define failed"
+<domain type='qemu'>
+  <name>$name</name>
+  <memory unit='MiB'>$MEMORY</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type><kernel>$KERNEL</kernel><initrd>$INITRD</initrd>
+    <cmdline>$(cmdline_for idle)</cmdline></os>
+</domain>
+EOF
+    "$TERN" start "$name" --connect "$work/a/ternd.sock" >/dev/null || die "tern start failed"
+    wait_console "$work/a/vms/$name/console.log" "TERN-GUEST: counter 3"
+    for ((i = 1; i <= RUNS; i++)); do
+        t0=$(now_us)
+        "$TERN" save "$name" "$file" --connect "$work/a/ternd.sock" >/dev/null || die "tern save failed"
+        add tern save ms $((($(now_us) - t0) / 1000))
+        add tern save bytes "$(stat -c %s "$file")"
+        t0=$(now_us)
+        "$TERN" restore "$file" --connect "$work/a/ternd.sock" >/dev/null || die "tern restore failed"
+        add tern restore ms $((($(now_us) - t0) / 1000))
+        rm -f "$file"
+    done
+    "$TERN" destroy "$name" --connect "$work/a/ternd.sock" >/dev/null
+
+    # QEMU by hand: stop, migrate to a file; a new QEMU with -incoming from it, cont.
+    local src=qs-0 dst
+    # shellcheck disable=SC2046
+    "$QEMU" $(qemu_args idle "$src") -append "$(cmdline_for idle)" 2>/dev/null &
+    pid=$!
+    disown
+    PIDS+=($pid)
+    qmp_open "$src" "$work/$src.qmp"
+    wait_console "$work/$src.log" "TERN-GUEST: counter 3"
+    for ((i = 1; i <= RUNS; i++)); do
+        t0=$(now_us)
+        qmp "$src" '{"execute":"stop"}'
+        qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
+        qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $qfile\"}}"
+        while :; do
+            qmp "$src" '{"execute":"query-migrate"}'
+            [[ $(field status) == completed ]] && break
+            [[ $(field status) == failed ]] && die "QEMU save failed: $REPLY"
+            nap 0.002
+        done
+        sync -f "$qfile"
+        add qemu save ms $((($(now_us) - t0) / 1000))
+        add qemu save bytes "$(stat -c %s "$qfile")"
+        qmp_close "$src"
+        kill -KILL "$pid"
+        dst=qs-$i
+        t0=$(now_us)
+        # shellcheck disable=SC2046
+        "$QEMU" $(qemu_args idle "$dst") -append "$(cmdline_for idle)" -incoming "exec:cat $qfile" 2>/dev/null &
+        pid=$!
+        disown
+        PIDS+=($pid)
+        qmp_open "$dst" "$work/$dst.qmp"
+        # The state was saved stopped, so QEMU keeps it stopped once loaded: then 'cont'.
+        while :; do
+            qmp "$dst" '{"execute":"query-migrate"}'
+            [[ $(field status) == completed ]] && break
+            [[ $(field status) == failed ]] && die "QEMU restore failed: $REPLY"
+            nap 0.002
+        done
+        qmp "$dst" '{"execute":"cont"}'
+        add qemu restore ms $((($(now_us) - t0) / 1000))
+        rm -f "$qfile"
+        src=$dst
+    done
+    qmp_close "$src"
+    kill -KILL "$pid"
+}
+
+# ---- run ---------------------------------------------------------------------------------
+for d in a b; do
+    mkdir -p "$work/$d"
+    "$TERND" --state-dir "$work/$d" >"$work/$d.log" 2>&1 &
+    PIDS+=($!)
+    disown
+done
+for d in a b; do
+    for ((i = 0; i < 600; i++)); do "$TERN" list --connect "$work/$d/ternd.sock" >/dev/null 2>&1 && break; nap 0.1; done
+done
+
+for c in idle dirty; do
+    log "case $c: tern ($RUNS runs)"
+    bench_tern "$c"
+    log "case $c: plain QEMU ($RUNS runs)"
+    bench_qemu "$c"
+    bench_virsh "$c" || true
+done
+log "save/restore ($RUNS runs)"
+bench_save_restore
+
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+echo
+echo "Live migration, ${MEMORY} MiB guest, TCG, medians of $RUNS runs (tern = 'tern migrate' defaults;"
+echo "qemu = plain QEMU over QMP, bandwidth cap lifted, otherwise defaults)"
+printf '%-7s %-6s %10s %10s %10s %12s\n' case method total_ms downtime_ms MiB MiB/s
+for c in idle dirty; do
+    for m in tern qemu; do
+        t=$(median ${RESULT[$m,$c,total]})
+        d=$(median ${RESULT[$m,$c,downtime]})
+        b=$(median ${RESULT[$m,$c,bytes]})
+        printf '%-7s %-6s %10s %10s %10s %12s\n' "$c" "$m" "$t" "$d" "$(mib "$b")" \
+            "$(awk -v b="$b" -v t="$t" 'BEGIN { printf "%.0f", b / 1048576 / (t / 1000) }')"
+    done
+    printf '%-7s %-6s %10s %10s\n' "$c" "ratio" \
+        "$(ratio "$(median ${RESULT[tern,$c,total]})" "$(median ${RESULT[qemu,$c,total]})")" \
+        "$(ratio "$(median ${RESULT[tern,$c,downtime]})" "$(median ${RESULT[qemu,$c,downtime]})")"
+done
+echo "virsh migrate --live: $VIRSH_REASON"
+echo
+echo "Save and restore, ${MEMORY} MiB idle guest, medians of $RUNS runs"
+printf '%-6s %10s %12s %10s\n' method save_ms restore_ms file_MiB
+for m in tern qemu; do
+    printf '%-6s %10s %12s %10s\n' "$m" "$(median ${RESULT[$m,save,ms]})" "$(median ${RESULT[$m,restore,ms]})" \
+        "$(mib "$(median ${RESULT[$m,save,bytes]})")"
+done
+printf '%-6s %10s %12s\n' ratio "$(ratio "$(median ${RESULT[tern,save,ms]})" "$(median ${RESULT[qemu,save,ms]})")" \
+    "$(ratio "$(median ${RESULT[tern,restore,ms]})" "$(median ${RESULT[qemu,restore,ms]})")"
