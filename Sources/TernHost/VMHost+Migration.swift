@@ -289,6 +289,8 @@ extension VMHost {
     /// Live migration to the daemon at `request.destination` (or quick migration with
     /// `request.quickDirectory`). The VM stays here until the destination confirms it runs.
     public func migrate(_ name: String, _ request: MigrateRequest) async throws -> MigrationReport {
+        var request = request
+        request.parameters = request.parameters.resolved
         let clock = ContinuousClock()
         let begin = clock.now
         let (record, vm) = try running(name, action: "migrate")
@@ -313,43 +315,62 @@ extension VMHost {
             throw HostError.migrationFailed(name: name, phase: "preparation on \(request.destination)", reason: "\(error)", vmState: vmState)
         }
 
-        // 2. The stream.
-        let final: MigrationProgress
+        // 2. The stream. 3. The word to resume: sent as soon as the source has stopped the guest
+        // for its last pass; the destination resumes once it has all of the state, and says so.
+        var final: MigrationProgress?
         let transferBegin = clock.now
+        var confirmBegin = clock.now
+        var confirmation: Task<IncomingMigrationFinish, any Error>?
+        let finishPath = "/migrations/incoming/\(name)/finish"
         do {
             try await vm.migrate(to: reply.address, parameters: request.parameters)
             final = try await follow(
                 name, vm, timeoutSeconds: request.timeoutSeconds.map { max(1, $0 - seconds(clock.now - begin)) },
-                postcopy: request.parameters.postcopy)
+                postcopy: request.parameters.postcopy
+            ) {
+                if confirmation == nil {
+                    confirmBegin = ContinuousClock.now
+                    confirmation = Task { try await destination.post(finishPath) }
+                }
+            }
         } catch {
-            try? await vm.cancelMigration()
-            await waitUntilSettled(vm)
-            if transfer.running, (try? await vm.runState()) != .running { try? await vm.resume() }
-            _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
-            migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
-            throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: vmState)
+            // If the destination has the guest running after all, that is where it is now.
+            var arrived: IncomingMigrationFinish?
+            if let task = confirmation { arrived = await Self.value(of: task, within: .seconds(10)) }
+            if arrived == nil {
+                try? await vm.cancelMigration()
+                await waitUntilSettled(vm)
+                if transfer.running, (try? await vm.runState()) != .running { try? await vm.resume() }
+                _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+                migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
+                throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: vmState)
+            }
         }
         let transferMs = milliseconds(clock.now - transferBegin)
-        let confirmBegin = clock.now
+        if confirmation == nil {
+            confirmBegin = clock.now
+            confirmation = Task { try await destination.post(finishPath) }
+        }
 
-        // 3. The destination confirms the guest runs there; until then this copy is kept.
+        // Until the destination confirms the guest runs there, this copy is kept.
         let remote: IncomingMigrationFinish
         do {
-            remote = try await destination.post("/migrations/incoming/\(name)/finish")
+            remote = try await confirmation!.value
         } catch {
             _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
             if transfer.running { try? await vm.resume() }
             migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
             throw HostError.migrationFailed(name: name, phase: "confirmation by \(request.destination)", reason: "\(error)", vmState: vmState)
         }
-
+        var final_ = MigrationProgress(status: .completed)
+        if let final { final_ = final } else if let progress = try? await vm.migrationProgress() { final_ = progress }
         let confirmMs = milliseconds(clock.now - confirmBegin)
         // The guest was stopped from the source's last pass (QEMU's downtime) until the destination
         // resumed it: the confirmation's round trip, less what the destination did after resuming.
         let resumeDelayMs = max(0, confirmMs - Int(remote.afterResumeMs))
         // Better, when both hypervisors said when: from the source's STOP to the destination's
         // RESUME (their wall clocks; exact on one machine, as good as the hosts' clock sync across).
-        var downtimeMs = (final.downtimeMs ?? 0) + resumeDelayMs
+        var downtimeMs = (final_.downtimeMs ?? 0) + resumeDelayMs
         if let stopped = vm.lastStopped, let resumed = remote.resumedAt, resumed >= stopped, resumed - stopped < 3600 {
             downtimeMs = Int(((resumed - stopped) * 1000).rounded())
         }
@@ -360,8 +381,8 @@ extension VMHost {
         return MigrationReport(
             vm: remote.vm, destination: request.destination, kind: "live", totalMs: totalMs,
             prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
-            downtimeMs: transfer.running ? downtimeMs : 0, bytes: final.transferredBytes, rounds: final.rounds,
-            throughputMiBps: transferMs > 0 ? Double(final.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
+            downtimeMs: transfer.running ? downtimeMs : 0, bytes: final_.transferredBytes, rounds: final_.rounds,
+            throughputMiBps: transferMs > 0 ? Double(final_.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
     }
 
     /// Quick migration: save to a file in `directory` (which the destination must see too), restore
@@ -398,9 +419,10 @@ extension VMHost {
 
     /// Follows an outgoing migration until it completes; throws when it fails, is cancelled,
     /// stalls, or runs past its time limit.
-    private func follow(_ name: String, _ vm: any VirtualMachineInstance, timeoutSeconds: Int?, postcopy: Bool) async throws
-        -> MigrationProgress
-    {
+    private func follow(
+        _ name: String, _ vm: any VirtualMachineInstance, timeoutSeconds: Int?, postcopy: Bool,
+        onFinalPhase: () -> Void = {}
+    ) async throws -> MigrationProgress {
         let clock = ContinuousClock()
         let begin = clock.now
         var lastBytes = -1
@@ -410,6 +432,7 @@ extension VMHost {
         while true {
             let progress = try await vm.migrationProgress()
             migrations[name] = progress
+            if progress.status == .completing || progress.status == .completed { onFinalPhase() }
             switch progress.status {
             case .completed: return progress
             case .failed: throw HypervisorError.commandFailed(command: "migrate", message: progress.error ?? "the stream failed")
@@ -462,9 +485,36 @@ extension VMHost {
         }
     }
 
+    /// A task's value if it succeeds within `limit`; nil if it fails or takes longer.
+    static func value<T: Sendable>(of task: Task<T, any Error>, within limit: Duration) async -> T? {
+        let waiter = FirstResume<T?>()
+        return await withCheckedContinuation { continuation in
+            waiter.set(continuation)
+            Task { waiter.resume(returning: try? await task.value) }
+            Task {
+                try? await Task.sleep(for: limit)
+                waiter.resume(returning: nil)
+            }
+        }
+    }
+
     func milliseconds(_ duration: Duration) -> Int {
         Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
     }
 
     func seconds(_ duration: Duration) -> Int { Int(duration.components.seconds) }
+}
+
+/// A continuation resumed by whichever of several racers comes first.
+private final class FirstResume<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var continuation: CheckedContinuation<T, Never>?
+    func set(_ continuation: CheckedContinuation<T, Never>) { lock.withLock { self.continuation = continuation } }
+    func resume(returning value: T) {
+        let waiting = lock.withLock { () -> CheckedContinuation<T, Never>? in
+            defer { continuation = nil }
+            return continuation
+        }
+        waiting?.resume(returning: value)
+    }
 }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Moving a running VM's state out of its hypervisor (to another host or to a file) and in again.
 ///
 /// The hypervisor streams the state; Tern decides where it goes, with what settings, and when
@@ -25,15 +27,18 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
     public var maxDowntimeMs: Int?
     /// The bandwidth cap in MiB/s (nil: no cap).
     public var bandwidthMiBps: Int?
-    /// Parallel connections for the stream (1: a single connection).
-    public var connections: Int
+    /// Parallel connections for the stream (1: a single connection; nil: ``automaticConnections``).
+    public var connections: Int?
     /// Slow the guest's vCPUs down when it dirties memory faster than it can be sent.
     public var autoConverge: Bool
     /// Switch to post-copy (the guest runs on the destination while the rest of its memory
     /// follows on demand) when pre-copy does not converge.
     public var postcopy: Bool
 
-    public init(maxDowntimeMs: Int? = nil, bandwidthMiBps: Int? = nil, connections: Int = 1, autoConverge: Bool = false, postcopy: Bool = false) {
+    public init(
+        maxDowntimeMs: Int? = nil, bandwidthMiBps: Int? = nil, connections: Int? = nil, autoConverge: Bool = false,
+        postcopy: Bool = false
+    ) {
         self.maxDowntimeMs = maxDowntimeMs
         self.bandwidthMiBps = bandwidthMiBps
         self.connections = connections
@@ -43,6 +48,21 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
 
     /// Settings for writing a stopped VM to a file: one connection, no cap.
     public static let save = MigrationParameters(connections: 1)
+
+    /// One connection per two host processors, at most four: each connection's sender and
+    /// receiver want a processor of their own, and the guest's vCPUs want theirs. (On a
+    /// two-processor host running the guest under TCG, a second connection made migrations
+    /// slower, not faster: see Benchmarks/migration.sh.)
+    public static var automaticConnections: Int {
+        max(1, min(4, ProcessInfo.processInfo.activeProcessorCount / 2))
+    }
+
+    /// These parameters with ``connections`` decided.
+    public var resolved: MigrationParameters {
+        var copy = self
+        copy.connections = connections ?? Self.automaticConnections
+        return copy
+    }
 }
 
 /// Where a migration stands, as the hypervisor reports it.

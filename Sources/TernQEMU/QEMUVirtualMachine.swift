@@ -144,13 +144,13 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// matter on the source.
     private func configureMigration(_ parameters: MigrationParameters, outgoing: Bool) async throws {
         var capabilities: [JSONValue] = [
-            ["capability": "multifd", "state": .bool(parameters.connections > 1)],
+            ["capability": "multifd", "state": .bool((parameters.connections ?? 1) > 1)],
             ["capability": "postcopy-ram", "state": .bool(parameters.postcopy)],
         ]
         if outgoing { capabilities.append(["capability": "auto-converge", "state": .bool(parameters.autoConverge)]) }
         try await client.execute("migrate-set-capabilities", ["capabilities": .array(capabilities)])
         var settings: [String: JSONValue] = [:]
-        if parameters.connections > 1 { settings["multifd-channels"] = .number(Double(parameters.connections)) }
+        if let connections = parameters.connections, connections > 1 { settings["multifd-channels"] = .number(Double(connections)) }
         if outgoing {
             // No cap unless one is asked for (QEMU's own default is 32 MiB/s).
             let bandwidth = parameters.bandwidthMiBps.map { Double($0) * 1_048_576 } ?? Double(1 << 40)

@@ -340,20 +340,29 @@ public struct SaveFileReader: Sendable {
 
     /// Reads the whole stream and checks its CRC (to say why a receiver gave up on it).
     public func verifyStream() async throws(SaveFileError) {
+        try await withStream { fd, path, header in
+            let sink = open("/dev/null", O_WRONLY | O_CLOEXEC)
+            defer { close(sink) }
+            let copy = tern_copy(fd, sink, UInt64(header.streamLength), 0, 0, nil)
+            if copy.error != 0 { return .io(path: path, reason: errnoText(copy.error)) }
+            return copy.crc == header.streamCRC ? nil : .corrupt(path: path, what: "state stream checksum mismatch")
+        }
+    }
+
+    /// Runs `body` on its own thread with the file open at the start of the stream.
+    private func withStream(_ body: @escaping @Sendable (Int32, String, SaveFileHeader) -> SaveFileError?)
+        async throws(SaveFileError)
+    {
         let path = self.path
         let header = self.header
         let result: SaveFileError? = await runBlocking {
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { return .cannotOpen(path: path, reason: errnoText(errno)) }
             defer { close(fd) }
-            let sink = open("/dev/null", O_WRONLY | O_CLOEXEC)
-            defer { close(sink) }
             guard lseek(fd, off_t(SaveFile.headerLength + header.metadataLength), SEEK_SET) >= 0 else {
                 return .io(path: path, reason: errnoText(errno))
             }
-            let copy = tern_copy(fd, sink, UInt64(header.streamLength), 0, 0, nil)
-            if copy.error != 0 { return .io(path: path, reason: errnoText(copy.error)) }
-            return copy.crc == header.streamCRC ? nil : .corrupt(path: path, what: "state stream checksum mismatch")
+            return body(fd, path, header)
         }
         if let result { throw result }
     }
@@ -362,15 +371,7 @@ public struct SaveFileReader: Sendable {
     /// its CRC on the way. Throws ``SaveFileError/corrupt(path:what:)`` after sending when it does
     /// not match: the receiver must then be discarded, never resumed.
     public func sendStream(to socket: String, cancellation: CopyCancellation) async throws(SaveFileError) {
-        let path = self.path
-        let header = self.header
-        let result: SaveFileError? = await runBlocking {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { return .cannotOpen(path: path, reason: errnoText(errno)) }
-            defer { close(fd) }
-            guard lseek(fd, off_t(SaveFile.headerLength + header.metadataLength), SEEK_SET) >= 0 else {
-                return .io(path: path, reason: errnoText(errno))
-            }
+        try await withStream { fd, path, header in
             var connection: Int32 = -1
             for _ in 0..<100 {
                 connection = tern_unix_connect(socket)
@@ -390,6 +391,5 @@ public struct SaveFileReader: Sendable {
             if copy.crc != header.streamCRC { return .corrupt(path: path, what: "state stream checksum mismatch") }
             return nil
         }
-        if let result { throw result }
     }
 }

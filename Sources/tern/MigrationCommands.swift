@@ -59,7 +59,8 @@ struct Migrate: AsyncParsableCommand {
     @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Longest pause allowed at the end.", valueName: "ms"))
     var maxDowntime: Int?
     @Option(help: ArgumentHelp("Bandwidth cap (default: none).", valueName: "MiB/s")) var bandwidth: Int?
-    @Option(help: ArgumentHelp("Parallel connections for the stream.", valueName: "n")) var connections = 2
+    @Option(help: ArgumentHelp("Parallel connections for the stream (default: one per two processors of the source host, at most 4).", valueName: "n"))
+    var connections: Int?
     @Flag(name: .customLong("auto-converge"), help: "Slow the guest down if it dirties memory faster than it can be sent.")
     var autoConverge = false
     @Flag(help: "Switch to post-copy after the first pass (the guest runs on the destination sooner).") var postcopy = false
@@ -71,7 +72,7 @@ struct Migrate: AsyncParsableCommand {
     @OptionGroup var connection: ConnectOptions
 
     func validate() throws {
-        if !(1...16).contains(connections) { throw ValidationError("--connections must be 1 to 16") }
+        if let connections, !(1...16).contains(connections) { throw ValidationError("--connections must be 1 to 16") }
         if let timeout, timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
     }
 

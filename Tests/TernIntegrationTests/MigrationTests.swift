@@ -40,6 +40,15 @@ import Glibc
 
     // MARK: - Helpers
 
+    /// Runs `body` with two fresh daemons (host CPUs as given, or this machine's), then ends them.
+    func withTwoDaemons(_ cpuA: String?, _ cpuB: String?, _ body: (TestDaemon, TestDaemon) throws -> Void) throws {
+        let a = try TestDaemon(hostCPU: cpuA)
+        defer { a.tearDown() }
+        let b = try TestDaemon(hostCPU: cpuB)
+        defer { b.tearDown() }
+        try body(a, b)
+    }
+
     /// Defines and starts a counting VM on `daemon` and waits until it counts.
     func boot(_ name: String, on daemon: TestDaemon, cpu: String = "", memoryMiB: Int = 192) throws {
         let defined = try daemon.tern("define", "-", stdin: TestDaemon.domainXML(name: name, memoryMiB: memoryMiB, cpu: cpu))
@@ -86,93 +95,77 @@ import Glibc
     // MARK: - Live migration and save/restore
 
     @Test func liveMigrationKeepsTheGuestCountingBothWays() throws {
-        let a = try TestDaemon()
-        let b = try TestDaemon()
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("mover", on: a)
+            #expect(a.waitForConsole("mover", "TERN-GUEST: counter 5"))
+            // Capped so that progress shows up; two connections (multifd).
+            let run = try migrate("mover", from: a, to: b, "--verbose", "--bandwidth", "48", "--connections", "2")
+            #expect(run.status == 0, "\(run.err)")
+            #expect(run.out.contains("Domain 'mover' migrated to \(b.socket) (live); it is running there"))
+            #expect(run.out.contains("downtime") && run.out.contains("transferred"))
+            #expect(run.err.contains("Migration: ["), "no progress shown: \(run.err)")
+            #expect(try state("mover", on: b) == "running")
+            #expect(try state("mover", on: a) == nil, "the source still has the VM")
+            try expectContinuity("mover", from: a, to: b)
+            // And back, uncapped, with one connection (A's old log is replaced when the VM arrives;
+            // B's stays, with what the guest printed there until it left).
+            let firstLeg = a.consoleLog("mover")
+            let back = try migrate("mover", from: b, to: a, "--connections", "1")
+            #expect(back.status == 0, "\(back.err)")
+            #expect(try state("mover", on: a) == "running")
+            #expect(try state("mover", on: b) == nil)
+            try expectContinuity("mover", from: b, to: a, sourceLog: firstLeg + b.consoleLog("mover"))
         }
-        try boot("mover", on: a)
-        #expect(a.waitForConsole("mover", "TERN-GUEST: counter 5"))
-        // Capped so that progress shows up.
-        let run = try migrate("mover", from: a, to: b, "--verbose", "--bandwidth", "48")
-        #expect(run.status == 0, "\(run.err)")
-        #expect(run.out.contains("Domain 'mover' migrated to \(b.socket) (live); it is running there"))
-        #expect(run.out.contains("downtime") && run.out.contains("transferred"))
-        #expect(run.err.contains("Migration: ["), "no progress shown: \(run.err)")
-        #expect(try state("mover", on: b) == "running")
-        #expect(try state("mover", on: a) == nil, "the source still has the VM")
-        try expectContinuity("mover", from: a, to: b)
-        // And back, uncapped, with one connection (A's old log is replaced when the VM arrives;
-        // B's stays, with what the guest printed there until it left).
-        let firstLeg = a.consoleLog("mover")
-        let back = try migrate("mover", from: b, to: a, "--connections", "1")
-        #expect(back.status == 0, "\(back.err)")
-        #expect(try state("mover", on: a) == "running")
-        #expect(try state("mover", on: b) == nil)
-        try expectContinuity("mover", from: b, to: a, sourceLog: firstLeg + b.consoleLog("mover"))
     }
 
     @Test func aPausedVMArrivesPaused() throws {
-        let a = try TestDaemon()
-        let b = try TestDaemon()
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("sleeper", on: a)
+            #expect(try a.tern("suspend", "sleeper").status == 0)
+            let run = try migrate("sleeper", from: a, to: b)
+            #expect(run.status == 0, "\(run.err)")
+            #expect(try state("sleeper", on: b) == "paused")
+            #expect(try b.tern("resume", "sleeper").status == 0)
+            try expectContinuity("sleeper", from: a, to: b)
         }
-        try boot("sleeper", on: a)
-        #expect(try a.tern("suspend", "sleeper").status == 0)
-        let run = try migrate("sleeper", from: a, to: b)
-        #expect(run.status == 0, "\(run.err)")
-        #expect(try state("sleeper", on: b) == "paused")
-        #expect(try b.tern("resume", "sleeper").status == 0)
-        try expectContinuity("sleeper", from: a, to: b)
     }
 
     @Test func saveThenRestoreOnAnotherDaemon() throws {
-        let a = try TestDaemon()
-        let b = try TestDaemon()
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("saved", on: a)
+            let file = a.stateDirectory.appendingPathComponent("saved.ternsave").path
+            let save = try a.tern("save", "saved", file)
+            #expect(save.status == 0, "\(save.err)")
+            #expect(save.out.contains("Domain 'saved' saved to \(file)"))
+            #expect(try state("saved", on: a) == "shutoff")
+            let sourceLog = a.consoleLog("saved")
+            let last = Self.counters(sourceLog).last ?? 0
+            Thread.sleep(forTimeInterval: 0.5)
+            #expect(Self.counters(a.consoleLog("saved")).last == last, "the saved VM went on running")
+            let restore = try b.tern("restore", file)
+            #expect(restore.status == 0, "\(restore.err)")
+            #expect(restore.out.contains("Domain 'saved' restored from \(file)"))
+            #expect(try state("saved", on: b) == "running")
+            try expectContinuity("saved", from: a, to: b, sourceLog: sourceLog)
+            // The same file again, under another name, on the first daemon.
+            let again = try a.tern("restore", file, "--name", "saved-copy")
+            #expect(again.status == 0, "\(again.err)")
+            #expect(a.waitForConsole("saved-copy", "TERN-GUEST: counter \(last + 2)"))
         }
-        try boot("saved", on: a)
-        let file = a.stateDirectory.appendingPathComponent("saved.ternsave").path
-        let save = try a.tern("save", "saved", file)
-        #expect(save.status == 0, "\(save.err)")
-        #expect(save.out.contains("Domain 'saved' saved to \(file)"))
-        #expect(try state("saved", on: a) == "shutoff")
-        let sourceLog = a.consoleLog("saved")
-        let last = Self.counters(sourceLog).last ?? 0
-        Thread.sleep(forTimeInterval: 0.5)
-        #expect(Self.counters(a.consoleLog("saved")).last == last, "the saved VM went on running")
-        let restore = try b.tern("restore", file)
-        #expect(restore.status == 0, "\(restore.err)")
-        #expect(restore.out.contains("Domain 'saved' restored from \(file)"))
-        #expect(try state("saved", on: b) == "running")
-        try expectContinuity("saved", from: a, to: b, sourceLog: sourceLog)
-        // The same file again, under another name, on the first daemon.
-        let again = try a.tern("restore", file, "--name", "saved-copy")
-        #expect(again.status == 0, "\(again.err)")
-        #expect(a.waitForConsole("saved-copy", "TERN-GUEST: counter \(last + 2)"))
     }
 
     @Test func quickMigrationThroughASharedDirectory() throws {
-        let a = try TestDaemon()
-        let b = try TestDaemon()
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("quick", on: a)
+            let shared = a.stateDirectory.path
+            let run = try migrate("quick", from: a, to: b, "--quick", shared)
+            #expect(run.status == 0, "\(run.err)")
+            #expect(run.out.contains("(quick)"))
+            #expect(try state("quick", on: b) == "running")
+            #expect(try state("quick", on: a) == nil)
+            try expectContinuity("quick", from: a, to: b)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: shared).allSatisfy { !$0.hasSuffix(".ternsave") })
         }
-        try boot("quick", on: a)
-        let shared = a.stateDirectory.path
-        let run = try migrate("quick", from: a, to: b, "--quick", shared)
-        #expect(run.status == 0, "\(run.err)")
-        #expect(run.out.contains("(quick)"))
-        #expect(try state("quick", on: b) == "running")
-        #expect(try state("quick", on: a) == nil)
-        try expectContinuity("quick", from: a, to: b)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: shared).allSatisfy { !$0.hasSuffix(".ternsave") })
     }
 
     // MARK: - MISSION.md, table 1: without compatibility mode
@@ -185,14 +178,10 @@ import Glibc
         ("X, Y → Y, Z", ["popcnt", "sse4.1"], ["sse4.1", "sse4.2"], false, false),
     ])
     func table1WithoutCompatibilityMode(row: String, hostA: [String], hostB: [String], aToB: Bool, bToA: Bool) throws {
-        let a = try TestDaemon(hostCPU: try Self.hostCPU(hostA + Self.common))
-        let b = try TestDaemon(hostCPU: try Self.hostCPU(hostB + Self.common))
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(try Self.hostCPU(hostA + Self.common), try Self.hostCPU(hostB + Self.common)) { a, b in
+            try expectMove("from-a", bootedOn: a, to: b, succeeds: aToB, missing: Set(hostA).subtracting(hostB), row: row)
+            try expectMove("from-b", bootedOn: b, to: a, succeeds: bToA, missing: Set(hostB).subtracting(hostA), row: row)
         }
-        try expectMove("from-a", bootedOn: a, to: b, succeeds: aToB, missing: Set(hostA).subtracting(hostB), row: row)
-        try expectMove("from-b", bootedOn: b, to: a, succeeds: bToA, missing: Set(hostB).subtracting(hostA), row: row)
     }
 
     /// Boots a VM (host CPU unless `cpu` says otherwise) on `source`, moves it to `destination`
@@ -233,27 +222,23 @@ import Glibc
     func table2PoolMode(row: String, hostA: [String], hostB: [String], guestHas: [String], guestLacks: [String]) throws {
         let fileA = try Self.hostCPU(hostA + Self.common)
         let fileB = try Self.hostCPU(hostB + Self.common)
-        let a = try TestDaemon(hostCPU: fileA)
-        let b = try TestDaemon(hostCPU: fileB)
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(fileA, fileB) { a, b in
+            let pool = try Self.poolMetadata([fileA, fileB])
+            // A → B and back, and a VM booted on B to A.
+            try boot("pooled", on: a, cpu: pool)
+            let flags = guestFlags(a.consoleLog("pooled"))
+            for feature in guestHas { #expect(flags.contains(feature), "\(row): guest lacks \(feature): \(flags)") }
+            for feature in guestLacks { #expect(!flags.contains(feature), "\(row): guest has \(feature)") }
+            #expect(flags.contains("aes") && flags.contains("ssse3"), "\(row): the common aes or ssse3 is missing")
+            let there = try migrate("pooled", from: a, to: b)
+            #expect(there.status == 0, "\(row): A → B: \(there.err)")
+            try expectContinuity("pooled", from: a, to: b)
+            let firstLeg = a.consoleLog("pooled")
+            let back = try migrate("pooled", from: b, to: a)
+            #expect(back.status == 0, "\(row): B → A: \(back.err)")
+            try expectContinuity("pooled", from: b, to: a, sourceLog: firstLeg + b.consoleLog("pooled"))
+            try expectMove("pooled-b", bootedOn: b, to: a, cpu: pool, succeeds: true, missing: [], row: row)
         }
-        let pool = try Self.poolMetadata([fileA, fileB])
-        // A → B and back, and a VM booted on B to A.
-        try boot("pooled", on: a, cpu: pool)
-        let flags = guestFlags(a.consoleLog("pooled"))
-        for feature in guestHas { #expect(flags.contains(feature), "\(row): guest lacks \(feature): \(flags)") }
-        for feature in guestLacks { #expect(!flags.contains(feature), "\(row): guest has \(feature)") }
-        #expect(flags.contains("aes") && flags.contains("ssse3"), "\(row): the common aes or ssse3 is missing")
-        let there = try migrate("pooled", from: a, to: b)
-        #expect(there.status == 0, "\(row): A → B: \(there.err)")
-        try expectContinuity("pooled", from: a, to: b)
-        let firstLeg = a.consoleLog("pooled")
-        let back = try migrate("pooled", from: b, to: a)
-        #expect(back.status == 0, "\(row): B → A: \(back.err)")
-        try expectContinuity("pooled", from: b, to: a, sourceLog: firstLeg + b.consoleLog("pooled"))
-        try expectMove("pooled-b", bootedOn: b, to: a, cpu: pool, succeeds: true, missing: [], row: row)
     }
 
     @Test(arguments: [
@@ -265,34 +250,28 @@ import Glibc
     func table2ClassicModeInsideItsMask(row: String, hostA: [String], hostB: [String]) throws {
         // POPCNT, SSE4.1 and SSE4.2 (and the common SSSE3) are all in the Intel mask: every move
         // succeeds and the guest has none of them.
-        let a = try TestDaemon(hostCPU: try Self.hostCPU(hostA + Self.common))
-        let b = try TestDaemon(hostCPU: try Self.hostCPU(hostB + Self.common))
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(try Self.hostCPU(hostA + Self.common), try Self.hostCPU(hostB + Self.common)) { a, b in
+            try boot("classic-a", on: a, cpu: Self.compatibilityMetadata)
+            let flags = guestFlags(a.consoleLog("classic-a"))
+            for feature in ["popcnt", "sse4.1", "sse4.2"] { #expect(!flags.contains(feature), "\(row): guest has \(feature)") }
+            _ = try a.tern("destroy", "classic-a")
+            try expectMove("classic-a2", bootedOn: a, to: b, cpu: Self.compatibilityMetadata, succeeds: true, missing: [], row: row)
+            try expectMove("classic-b", bootedOn: b, to: a, cpu: Self.compatibilityMetadata, succeeds: true, missing: [], row: row)
         }
-        try boot("classic-a", on: a, cpu: Self.compatibilityMetadata)
-        let flags = guestFlags(a.consoleLog("classic-a"))
-        for feature in ["popcnt", "sse4.1", "sse4.2"] { #expect(!flags.contains(feature), "\(row): guest has \(feature)") }
-        _ = try a.tern("destroy", "classic-a")
-        try expectMove("classic-a2", bootedOn: a, to: b, cpu: Self.compatibilityMetadata, succeeds: true, missing: [], row: row)
-        try expectMove("classic-b", bootedOn: b, to: a, cpu: Self.compatibilityMetadata, succeeds: true, missing: [], row: row)
     }
 
     @Test func classicModeRefusesDifferencesOutsideItsMask() throws {
         // AES is not in the 2009 mask: a classic-mode VM from a host with AES cannot go to one without.
-        let a = try TestDaemon(hostCPU: try Self.hostCPU(["ssse3", "popcnt", "xsave", "aes"]))
-        let b = try TestDaemon(hostCPU: try Self.hostCPU(["ssse3", "popcnt", "xsave"]))
-        defer {
-            a.tearDown()
-            b.tearDown()
+        let withAES = try Self.hostCPU(["ssse3", "popcnt", "xsave", "aes"])
+        let withoutAES = try Self.hostCPU(["ssse3", "popcnt", "xsave"])
+        try withTwoDaemons(withAES, withoutAES) { a, b in
+            try expectMove(
+                "classic-aes", bootedOn: a, to: b, cpu: Self.compatibilityMetadata, succeeds: false, missing: ["aes"],
+                row: "classic, aes outside the mask")
+            try expectMove(
+                "classic-noaes", bootedOn: b, to: a, cpu: Self.compatibilityMetadata, succeeds: true, missing: [],
+                row: "classic, towards the host with aes")
         }
-        try expectMove(
-            "classic-aes", bootedOn: a, to: b, cpu: Self.compatibilityMetadata, succeeds: false, missing: ["aes"],
-            row: "classic, aes outside the mask")
-        try expectMove(
-            "classic-noaes", bootedOn: b, to: a, cpu: Self.compatibilityMetadata, succeeds: true, missing: [],
-            row: "classic, towards the host with aes")
     }
 
     /// The flags the guest printed at boot.
@@ -374,56 +353,44 @@ import Glibc
     }
 
     @Test func killingTheDestinationDuringTheTransferLeavesTheVMOnItsSource() throws {
-        let a = try TestDaemon()
-        let b = try TestDaemon()
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("survivor", on: a)
+            let (process, pipe, pid) = try startSlowMigration("survivor", from: a, to: b)
+            kill(pid, SIGKILL)
+            try expectStillOnSource("survivor", a, b, process, pipe)
         }
-        try boot("survivor", on: a)
-        let (process, pipe, pid) = try startSlowMigration("survivor", from: a, to: b)
-        kill(pid, SIGKILL)
-        try expectStillOnSource("survivor", a, b, process, pipe)
     }
 
     @Test func cuttingTheConnectionDuringTheTransferLeavesTheVMOnItsSource() throws {
-        let a = try TestDaemon()
-        let b = try TestDaemon()
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("cut", on: a)
+            let (process, pipe, pid) = try startSlowMigration("cut", from: a, to: b)
+            // The port the receiving QEMU listens on, then every connection to or from it, killed.
+            let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
+            let port = try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
+            let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
+            #expect(cut.status == 0, "\(cut.err)")
+            try expectStillOnSource("cut", a, b, process, pipe)
         }
-        try boot("cut", on: a)
-        let (process, pipe, pid) = try startSlowMigration("cut", from: a, to: b)
-        // The port the receiving QEMU listens on, then every connection to or from it, killed.
-        let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
-        let port = try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
-        let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
-        #expect(cut.status == 0, "\(cut.err)")
-        try expectStillOnSource("cut", a, b, process, pipe)
     }
 
     @Test func aVanishedDestinationDaemonNeverLeavesTwoRunningCopies() throws {
-        let a = try TestDaemon()
-        let b = try TestDaemon()
-        defer {
-            a.tearDown()
-            b.tearDown()
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("orphan", on: a)
+            let (process, pipe, qemu) = try startSlowMigration("orphan", from: a, to: b)
+            b.kill()  // the daemon, not its QEMU: the stream goes on, nobody can confirm
+            process.waitUntilExit()
+            let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus != 0)
+            #expect(err.contains("the VM is running on the source"), "\(err)")
+            #expect(try state("orphan", on: a) == "running")
+            let last = a.lastCounter("orphan")
+            #expect(a.waitForConsole("orphan", "TERN-GUEST: counter \(last + 3)"))
+            // The received copy never ran, and the restarted daemon ends it and forgets it.
+            try b.start()
+            #expect(try state("orphan", on: b) == nil)
+            #expect(kill(qemu, 0) != 0 || (try? String(contentsOfFile: "/proc/\(qemu)/stat", encoding: .utf8))?.contains(") Z") == true)
         }
-        try boot("orphan", on: a)
-        let (process, pipe, qemu) = try startSlowMigration("orphan", from: a, to: b)
-        b.kill()  // the daemon, not its QEMU: the stream goes on, nobody can confirm
-        process.waitUntilExit()
-        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(process.terminationStatus != 0)
-        #expect(err.contains("the VM is running on the source"), "\(err)")
-        #expect(try state("orphan", on: a) == "running")
-        let last = a.lastCounter("orphan")
-        #expect(a.waitForConsole("orphan", "TERN-GUEST: counter \(last + 3)"))
-        // The received copy never ran, and the restarted daemon ends it and forgets it.
-        try b.start()
-        #expect(try state("orphan", on: b) == nil)
-        #expect(kill(qemu, 0) != 0 || (try? String(contentsOfFile: "/proc/\(qemu)/stat", encoding: .utf8))?.contains(") Z") == true)
     }
 
     // MARK: - Bad save files
