@@ -160,8 +160,10 @@ extension VMHost {
         }
         do {
             let resumes = resumeOnArrival[name] == true
-            try await waitUntilReceived(name, vm)
+            // Asked while the state is still arriving, the hypervisor resumes the guest the moment
+            // it has all of it (and never if the stream fails); asked after, at once.
             if resumes { try await vm.resume() }
+            try await waitUntilReceived(name, vm)
             let resumed = ContinuousClock.now
             let state = try await vm.runState()
             guard state == .running || state == .paused else {
@@ -518,3 +520,4 @@ private final class FirstResume<T: Sendable>: @unchecked Sendable {
         waiting?.resume(returning: value)
     }
 }
+
