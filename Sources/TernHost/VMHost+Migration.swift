@@ -93,8 +93,7 @@ extension VMHost {
         }
         // Saved: the VM stops here; its definition stays, shut off.
         instances[name] = nil
-        try? await vm.destroy()
-        _ = await vm.waitForExit()
+        try? await vm.destroy()  // returns once the process has ended (or been killed)
         record.state = "shutoff"
         record.pid = nil
         record.reason = "saved to \(path)"
@@ -474,8 +473,7 @@ extension VMHost {
     /// stays (as a record of what it printed here) until a VM of that name starts here again.
     private func forget(_ name: String, _ vm: any VirtualMachineInstance) async {
         instances[name] = nil
-        try? await vm.destroy()
-        _ = await vm.waitForExit()
+        try? await vm.destroy()  // returns once the process has ended (or been killed)
         forgetDefinition(name)
     }
 

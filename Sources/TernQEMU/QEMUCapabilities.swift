@@ -107,7 +107,7 @@ public struct QEMUCapabilities: Codable, Sendable, Equatable {
             let alive = process.map(\.isRunning) ?? QEMUVirtualMachine.isAlive(pid)
             if !alive { throw HypervisorError.startFailed("QEMU exited") }
             if Date() > deadline { throw HypervisorError.timeout("QEMU's QMP socket \(socket)") }
-            try await Task.sleep(for: .milliseconds(10))
+            try await Task.sleep(for: .milliseconds(2))
         }
     }
 }
