@@ -33,7 +33,9 @@ struct Run: AsyncParsableCommand {
         let clock = ContinuousClock()
         let begin = clock.now
         let cpuMap = try map.load()
+        let mapLoaded = clock.now - begin
         let (caps, hypervisor) = try await host.capabilitiesWithHypervisor(map: cpuMap)
+        let hostProbed = clock.now - begin
         guard let offer = caps.guestOffer else { throw ValidationError("no guest offer") }
         let hypervisorOffer = try await hypervisor.hostOffer().features
         let cpu = try cpuMap.guestCPU(guest.config(map: cpuMap, hypervisorOffer: hypervisorOffer), host: offer)
@@ -57,7 +59,7 @@ struct Run: AsyncParsableCommand {
         if timing {
             let t = vm.startTimings
             printError(
-                "tern: timing: prepare=\(ms(prepared)) spawn=\(ms(t.spawned)) qmp-ready=\(ms(t.controlReady)) "
+                "tern: timing: map=\(ms(mapLoaded)) host=\(ms(hostProbed)) prepare=\(ms(prepared)) spawn=\(ms(t.spawned)) qmp-ready=\(ms(t.controlReady)) "
                     + "cpu-verified=\(ms(t.verified)) running=\(ms(t.running)) tern-overhead=\(ms(prepared + t.ternOverhead))")
         }
         let exit = await vm.waitForExit()
