@@ -179,18 +179,22 @@ bench_qemu() { # CASE
 }
 
 # ---- Tern --------------------------------------------------------------------------------
-bench_tern() { # CASE
-    local c=$1 from to i t0 out
+start_tern_vm() { # NAME CASE: define and start on daemon a
     "$TERN" define - --connect "$work/a/ternd.sock" >/dev/null <<EOF || die "tern define failed"
 <domain type='qemu'>
-  <name>bench-$c</name>
+  <name>$1</name>
   <memory unit='MiB'>$MEMORY</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='q35'>hvm</type><kernel>$KERNEL</kernel><initrd>$INITRD</initrd>
-    <cmdline>$(cmdline_for "$c")</cmdline></os>
+    <cmdline>$(cmdline_for "$2")</cmdline></os>
 </domain>
 EOF
-    "$TERN" start "bench-$c" --connect "$work/a/ternd.sock" >/dev/null || die "tern start failed"
+    "$TERN" start "$1" --connect "$work/a/ternd.sock" >/dev/null || die "tern start failed"
+}
+
+bench_tern() { # CASE
+    local c=$1 from to i t0 out
+    start_tern_vm "bench-$c" "$c"
     wait_console "$work/a/vms/bench-$c/console.log" "$(ready_marker "$c")"
     from=a
     to=b
@@ -219,16 +223,7 @@ bench_virsh() { # CASE
 # ---- save / restore ------------------------------------------------------------------------
 bench_save_restore() {
     local i t0 out name=bench-save file=$work/bench.ternsave qfile=$work/bench.qemusave pid
-    "$TERN" define - --connect "$work/a/ternd.sock" >/dev/null <<EOF || die "tern define failed"
-<domain type='qemu'>
-  <name>$name</name>
-  <memory unit='MiB'>$MEMORY</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='q35'>hvm</type><kernel>$KERNEL</kernel><initrd>$INITRD</initrd>
-    <cmdline>$(cmdline_for idle)</cmdline></os>
-</domain>
-EOF
-    "$TERN" start "$name" --connect "$work/a/ternd.sock" >/dev/null || die "tern start failed"
+    start_tern_vm "$name" idle
     wait_console "$work/a/vms/$name/console.log" "TERN-GUEST: counter 3"
     for ((i = 1; i <= RUNS; i++)); do
         t0=$(now_us)

@@ -16,9 +16,13 @@ guest=$PWD/.build-guest
 
 state=$(mktemp -d /tmp/tern-demo.XXXXXX)
 cleanup() {
-    "$tern" --connect "$state/ternd.sock" destroy compat >/dev/null 2>&1 || true
-    "$tern" --connect "$state/ternd.sock" destroy haswell >/dev/null 2>&1 || true
+    for d in "$state" "$state/older"; do
+        for vm in compat haswell mover pinned; do
+            "$tern" destroy "$vm" --connect "$d/ternd.sock" >/dev/null 2>&1 || true
+        done
+    done
     [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null || true
+    [ -n "${older:-}" ] && kill "$older" 2>/dev/null || true
     rm -rf "$state"
 }
 trap cleanup EXIT INT TERM
@@ -92,3 +96,58 @@ echo "-- in pool mode over the four Intel hosts:"
 # shellcheck disable=SC2086
 $tern migrate-check --host "$src" --pool "$dumps/Xeon-Gold-6148.xml" --pool "$dumps/Xeon-Platinum-8268.xml" \
     --pool "$dumps/Ice-Lake-Server.xml" --pool "$dumps/Core-i7-2600.xml" $others
+
+echo
+echo "== Moving running VMs between two hosts with different CPUs =="
+# Two host CPUs, as a mixed-generation cluster would have (TCG can offer everything named here).
+host_cpu() { # features...
+    echo "<cpu mode='custom' match='exact'><model>kvm64</model><vendor>Intel</vendor><feature policy='disable' name='vme'/>"
+    for f in "$@"; do echo "<feature policy='require' name='$f'/>"; done
+    echo "</cpu>"
+}
+host_cpu ssse3 popcnt sse4.1 sse4.2 aes > "$state/newer.xml"
+host_cpu ssse3 popcnt > "$state/older.xml"
+mkdir -p "$state/older"
+"$ternd" --state-dir "$state/older" --host-cpu "$state/older.xml" > "$state/older/ternd.log" 2>&1 &
+older=$!
+i=0
+until $tern list --connect "$state/older/ternd.sock" >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -lt 200 ] || { cat "$state/older/ternd.log"; exit 1; }; sleep 0.1
+done
+# This demo's first daemon stands in for the newer host from here on: restart it with that CPU.
+for vm in compat haswell; do $tern destroy "$vm" >/dev/null 2>&1 || true; done
+kill "$daemon"; wait "$daemon" 2>/dev/null || true
+"$ternd" --state-dir "$state" --host-cpu "$state/newer.xml" > "$state/ternd.log" 2>&1 &
+daemon=$!
+i=0
+until $tern list >/dev/null 2>&1; do i=$((i + 1)); [ $i -lt 200 ] || exit 1; sleep 0.1; done
+counting() { # name, cpu element
+    domain "$1" "$2" | sed 's/tern.mode=flags/tern.mode=counter/; s/<vcpu>2</<vcpu>1</'
+}
+counting mover "<metadata><tern:cpu xmlns:tern='https://tern.dev/xmlns/domain/1' mode='pool'>$(cat "$state/newer.xml" "$state/older.xml")</tern:cpu></metadata>" \
+    > "$state/mover.xml"
+counting pinned "" > "$state/pinned.xml"
+$tern define "$state/mover.xml" >/dev/null
+$tern define "$state/pinned.xml" >/dev/null
+$tern start mover
+$tern start pinned
+for vm in mover pinned; do
+    i=0
+    until grep -q "TERN-GUEST: counter 3" "$state/vms/$vm/console.log" 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 600 ] || { echo "guest $vm does not count"; exit 1; }; sleep 0.1
+    done
+done
+echo "-- 'mover' runs in pool mode over both hosts; live-migrating it to the older host:"
+$tern migrate mover --to "$state/older/ternd.sock" --verbose
+echo "   its counter, last lines on the newer host, then first lines on the older one:"
+grep -a "TERN-GUEST: counter" "$state/vms/mover/console.log" | tail -n 2 | tr -d '\r' | sed 's/^.*TERN-GUEST: /     /'
+sleep 0.5
+grep -a "TERN-GUEST: counter" "$state/older/vms/mover/console.log" | head -n 2 | tr -d '\r' | sed 's/^.*TERN-GUEST: /     /'
+echo "-- 'pinned' has the newer host's whole CPU (host passthrough); the older host must refuse it:"
+$tern migrate pinned --to "$state/older/ternd.sock" || true
+$tern list
+echo "-- save 'mover' on the older host, restore it on the newer one:"
+$tern save mover "$state/mover.ternsave" --connect "$state/older/ternd.sock"
+$tern restore "$state/mover.ternsave"
+sleep 0.5
+grep -a "TERN-GUEST: counter" "$state/vms/mover/console.log" | tail -n 1 | tr -d '\r' | sed 's/^.*TERN-GUEST: /     still counting: /'
