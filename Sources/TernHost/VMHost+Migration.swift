@@ -363,15 +363,15 @@ extension VMHost {
             migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
             throw HostError.migrationFailed(name: name, phase: "confirmation by \(request.destination)", reason: "\(error)", vmState: vmState)
         }
-        var final_ = MigrationProgress(status: .completed)
-        if let final { final_ = final } else if let progress = try? await vm.migrationProgress() { final_ = progress }
+        var last = MigrationProgress(status: .completed)
+        if let final { last = final } else if let progress = try? await vm.migrationProgress() { last = progress }
         let confirmMs = milliseconds(clock.now - confirmBegin)
         // The guest was stopped from the source's last pass (QEMU's downtime) until the destination
         // resumed it: the confirmation's round trip, less what the destination did after resuming.
         let resumeDelayMs = max(0, confirmMs - Int(remote.afterResumeMs))
         // Better, when both hypervisors said when: from the source's STOP to the destination's
         // RESUME (their wall clocks; exact on one machine, as good as the hosts' clock sync across).
-        var downtimeMs = (final_.downtimeMs ?? 0) + resumeDelayMs
+        var downtimeMs = (last.downtimeMs ?? 0) + resumeDelayMs
         if let stopped = vm.lastStopped, let resumed = remote.resumedAt, resumed >= stopped, resumed - stopped < 3600 {
             downtimeMs = Int(((resumed - stopped) * 1000).rounded())
         }
@@ -382,8 +382,8 @@ extension VMHost {
         return MigrationReport(
             vm: remote.vm, destination: request.destination, kind: "live", totalMs: totalMs,
             prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
-            downtimeMs: transfer.running ? downtimeMs : 0, bytes: final_.transferredBytes, rounds: final_.rounds,
-            throughputMiBps: transferMs > 0 ? Double(final_.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
+            downtimeMs: transfer.running ? downtimeMs : 0, bytes: last.transferredBytes, rounds: last.rounds,
+            throughputMiBps: transferMs > 0 ? Double(last.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
     }
 
     /// Quick migration: save to a file in `directory` (which the destination must see too), restore
@@ -447,7 +447,8 @@ extension VMHost {
             } else if now - lastChange > stallLimit {
                 throw HypervisorError.timeout("the migration stream (no progress for 30 s)")
             }
-            if let timeoutSeconds, now - begin > .seconds(timeoutSeconds) {
+            // Once the guest is stopped for the last pass, the end is moments away: no timeout then.
+            if let timeoutSeconds, progress.status != .completing, now - begin > .seconds(timeoutSeconds) {
                 throw HypervisorError.timeout("the migration to finish (--timeout \(timeoutSeconds) s)")
             }
             if postcopy, !switchedToPostcopy, progress.status == .active, progress.rounds >= 2 {
