@@ -93,7 +93,7 @@ public struct SaveFileHeader: Equatable, Sendable {
     public func encoded() -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: SaveFile.headerLength)
         func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-            withUnsafeBytes(of: value.littleEndian) { for (i, b) in $0.enumerated() { bytes[offset + i] = b } }
+            for i in 0..<(T.bitWidth / 8) { bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
         }
         bytes.replaceSubrange(0..<8, with: SaveFile.magic)
         put(formatVersion, at: 8)
@@ -114,9 +114,7 @@ public struct SaveFileHeader: Equatable, Sendable {
             throw .truncated(path: path, expected: SaveFile.headerLength, actual: bytes.count)
         }
         func get<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
-            var value: T = 0
-            withUnsafeMutableBytes(of: &value) { for i in 0..<MemoryLayout<T>.size { $0[i] = bytes[offset + i] } }
-            return T(littleEndian: value)
+            (0..<(T.bitWidth / 8)).reduce(T.zero) { $0 | T(bytes[offset + $1]) << (8 * $1) }
         }
         let version = get(UInt32.self, at: 8)
         // A newer format is reported as such even if the rest of its header differs from ours.
@@ -208,15 +206,13 @@ public final class SaveFileWriter: @unchecked Sendable {
         }
     }
 
-    private func writeAll(_ bytes: [UInt8]) throws(SaveFileError) {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw .io(path: partialPath, reason: errnoText(errno))
-            }
-            done += n
+    private func writeAll(_ bytes: [UInt8], at offset: UInt64? = nil) throws(SaveFileError) {
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
+        do {
+            if let offset { try handle.seek(toOffset: offset) }
+            try handle.write(contentsOf: bytes)
+        } catch {
+            throw .io(path: partialPath, reason: "\(error)")
         }
     }
 
@@ -270,9 +266,7 @@ public final class SaveFileWriter: @unchecked Sendable {
         let header = SaveFileHeader(
             metadataLength: metadata.count, streamLength: streamLength, metadataCRC: crc32c(metadata), streamCRC: streamCRC,
             ternVersion: ternVersion)
-        let bytes = header.encoded()
-        let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress!, bytes.count, 0) }
-        guard written == bytes.count else { throw .io(path: partialPath, reason: "writing the header: \(errnoText(errno))") }
+        try writeAll(header.encoded(), at: 0)
         guard fsync(fd) == 0 else { throw .io(path: partialPath, reason: "flushing: \(errnoText(errno))") }
         close(fd)
         fd = -1
@@ -324,17 +318,17 @@ public struct SaveFileReader: Sendable {
     }
 
     private static func read(_ fd: Int32, count: Int, at offset: Int, path: String) throws(SaveFileError) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw .io(path: path, reason: errnoText(errno))
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
+        var bytes: [UInt8] = []
+        do {
+            try handle.seek(toOffset: UInt64(offset))
+            while bytes.count < count, let chunk = try handle.read(upToCount: count - bytes.count), !chunk.isEmpty {
+                bytes += chunk
             }
-            if n == 0 { throw .truncated(path: path, expected: offset + count, actual: offset + done) }
-            done += n
+        } catch {
+            throw .io(path: path, reason: "\(error)")
         }
+        if bytes.count < count { throw .truncated(path: path, expected: offset + count, actual: offset + bytes.count) }
         return bytes
     }
 
