@@ -33,13 +33,24 @@ $tern capabilities | sed -n '1,10p'
 
 echo
 echo "== Starting ternd (state in $state) =="
+# wait_daemon DIR: until the ternd with state in DIR answers (20 s at most)
+wait_daemon() {
+    i=0
+    until $tern list --connect "$1/ternd.sock" >/dev/null 2>&1; do
+        i=$((i + 1)); [ $i -lt 200 ] || { cat "$1/ternd.log"; exit 1; }; sleep 0.1
+    done
+}
+# wait_console DIR VM TEXT: until the VM's console log shows TEXT (60 s at most)
+wait_console() {
+    i=0
+    until grep -q "$3" "$1/vms/$2/console.log" 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 600 ] || { echo "guest $2 did not print '$3'"; exit 1; }; sleep 0.1
+    done
+}
 "$ternd" --state-dir "$state" > "$state/ternd.log" 2>&1 &
 daemon=$!
 export TERN_CONNECT="$state/ternd.sock"
-i=0
-until $tern list >/dev/null 2>&1; do
-    i=$((i + 1)); [ $i -lt 200 ] || { cat "$state/ternd.log"; exit 1; }; sleep 0.1
-done
+wait_daemon "$state"
 
 domain() { # name, cpu element
     cat <<XML
@@ -70,10 +81,7 @@ $tern start haswell
 $tern list
 
 for vm in compat haswell; do
-    i=0
-    until grep -q "TERN-GUEST: done" "$state/vms/$vm/console.log" 2>/dev/null; do
-        i=$((i + 1)); [ $i -lt 600 ] || { echo "guest $vm did not finish"; exit 1; }; sleep 0.1
-    done
+    wait_console "$state" "$vm" "TERN-GUEST: done"
     echo
     echo "== VM '$vm': what Tern promised (tern dominfo) =="
     $tern dominfo "$vm" | grep -E '^(State|CPU mode|CPU model|CPU vendor|Not honoured)' || true
@@ -110,17 +118,13 @@ host_cpu ssse3 popcnt > "$state/older.xml"
 mkdir -p "$state/older"
 "$ternd" --state-dir "$state/older" --host-cpu "$state/older.xml" > "$state/older/ternd.log" 2>&1 &
 older=$!
-i=0
-until $tern list --connect "$state/older/ternd.sock" >/dev/null 2>&1; do
-    i=$((i + 1)); [ $i -lt 200 ] || { cat "$state/older/ternd.log"; exit 1; }; sleep 0.1
-done
+wait_daemon "$state/older"
 # This demo's first daemon stands in for the newer host from here on: restart it with that CPU.
 for vm in compat haswell; do $tern destroy "$vm" >/dev/null 2>&1 || true; done
 kill "$daemon"; wait "$daemon" 2>/dev/null || true
 "$ternd" --state-dir "$state" --host-cpu "$state/newer.xml" > "$state/ternd.log" 2>&1 &
 daemon=$!
-i=0
-until $tern list >/dev/null 2>&1; do i=$((i + 1)); [ $i -lt 200 ] || exit 1; sleep 0.1; done
+wait_daemon "$state"
 counting() { # name, cpu element
     domain "$1" "$2" | sed 's/tern.mode=flags/tern.mode=counter/; s/<vcpu>2</<vcpu>1</'
 }
@@ -131,12 +135,7 @@ $tern define "$state/mover.xml" >/dev/null
 $tern define "$state/pinned.xml" >/dev/null
 $tern start mover
 $tern start pinned
-for vm in mover pinned; do
-    i=0
-    until grep -q "TERN-GUEST: counter 3" "$state/vms/$vm/console.log" 2>/dev/null; do
-        i=$((i + 1)); [ $i -lt 600 ] || { echo "guest $vm does not count"; exit 1; }; sleep 0.1
-    done
-done
+for vm in mover pinned; do wait_console "$state" "$vm" "TERN-GUEST: counter 3"; done
 echo "-- 'mover' runs in pool mode over both hosts; live-migrating it to the older host:"
 $tern migrate mover --to "$state/older/ternd.sock" --verbose
 echo "   its counter, last lines on the newer host, then first lines on the older one:"
