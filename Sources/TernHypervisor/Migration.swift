@@ -15,8 +15,8 @@ public enum MigrationAddress: Sendable, Equatable, Codable, CustomStringConverti
 
     public var description: String {
         switch self {
-        case let .tcp(host, port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
-        case let .unixSocket(path): "unix:\(path)"
+        case let .tcp(host, port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case let .unixSocket(path): path
         }
     }
 }

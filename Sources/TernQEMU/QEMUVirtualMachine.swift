@@ -114,7 +114,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     public func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws {
         try await configureMigration(parameters, outgoing: true)
-        try await client.execute("migrate", ["uri": .string(address.description)])
+        try await client.execute("migrate", ["uri": .string(address.qemuURI)])
     }
 
     public func migrationProgress() async throws -> MigrationProgress {
@@ -129,7 +129,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// listens at `address`. Returns the address really listened on (TCP port 0 resolved).
     func receive(at address: MigrationAddress, parameters: MigrationParameters) async throws -> MigrationAddress {
         try await configureMigration(parameters, outgoing: false)
-        try await client.execute("migrate-incoming", ["uri": .string(address.description)])
+        try await client.execute("migrate-incoming", ["uri": .string(address.qemuURI)])
         guard case .tcp(let host, 0) = address else { return address }
         let info = try await client.execute("query-migrate")
         for socket in info["socket-address"]?.array ?? [] {
@@ -236,5 +236,15 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
             .map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "\r")) }
         return Array(lines.suffix(count))
+    }
+}
+
+extension MigrationAddress {
+    /// The address in QEMU's migration URI syntax (`tcp:HOST:PORT`, `unix:PATH`).
+    var qemuURI: String {
+        switch self {
+        case let .tcp(host, port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
+        case let .unixSocket(path): "unix:\(path)"
+        }
     }
 }
