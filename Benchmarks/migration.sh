@@ -10,8 +10,9 @@
 # Downtime, for both: from the source QEMU's STOP event to the destination QEMU's RESUME event
 # (QMP event timestamps; one machine, one clock) — what the guest lives through, not QEMU's own
 # 'downtime' figure, which ends when the source has sent the last byte.
-#   virsh  'virsh migrate --live' between libvirt's system daemon and a second (session) daemon
-#          with another host UUID, when that works here; otherwise the reason is printed
+#   virsh  'virsh migrate --live --p2p' between two session-mode libvirtd with their own host
+#          UUIDs (libvirt refuses a destination with its own UUID); total = the command's wall
+#          time; downtime = libvirt's 'Total downtime'. When libvirt cannot run, the reason is printed
 #
 # Then save and restore of the idle 1 GiB guest: 'tern save/restore' against QEMU's own
 # migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE'.
@@ -43,6 +44,11 @@ cleanup() {
     if [[ -n $work && -d $work ]]; then
         # QEMUs daemonized by ternd, by their files
         pkill -KILL -f "qemu-system.*$work" 2>/dev/null
+        # session libvirtd (and the virtlogd each one starts), by their directories
+        pkill -KILL -f "libvirtd --config $work" 2>/dev/null
+        for p in "$work"/lv-?/run/libvirt/virtlogd.pid; do
+            [[ -f $p ]] && grep -qa virtlogd "/proc/$(cat "$p")/cmdline" 2>/dev/null && kill -KILL "$(cat "$p")"
+        done
         rm -rf "$work"
     fi
 }
@@ -214,10 +220,118 @@ bench_tern() { # CASE
 }
 
 # ---- libvirt ------------------------------------------------------------------------------
-VIRSH_REASON="not attempted"
+# libvirt refuses to migrate a domain to a daemon reporting its own host UUID, so one machine
+# runs two session-mode libvirtd, each with its own host_uuid, runtime, config and cache
+# directories (XDG_*), as an unprivileged user (a root libvirtd is always the system one).
+# Each runs under a small child subreaper: libvirt daemonizes QEMU and, at the end of a
+# migration, polls every 200 ms until the source QEMU's pid is gone; an init that reaps late
+# (as in some containers) would add up to seconds that a systemd host does not have.
+# Figures: total = the wall time of 'virsh migrate' (destination QEMU start included, as for
+# tern); downtime = libvirt's 'Total downtime' (source stop to destination resume).
+VIRSH_REASON=""
+LV_USER=${LV_USER:-libvirt-qemu}
+declare -A LV_URI LV_PID
+libvirt_up() {
+    [[ -n ${LV_URI[a]:-} ]] && return 0
+    command -v virsh >/dev/null && [[ -x /usr/sbin/libvirtd ]] || { VIRSH_REASON="libvirt is not installed"; return 1; }
+    id "$LV_USER" >/dev/null 2>&1 || { VIRSH_REASON="no user $LV_USER to run session libvirtd"; return 1; }
+    local group d r i
+    group=$(id -gn "$LV_USER")
+    cat >"$work/reaper.py" <<'PY'
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+main = os.fork()
+if main == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, lambda n, f: os.kill(main, n))
+while True:
+    try:
+        pid, _ = os.wait()
+    except InterruptedError:
+        continue
+    except ChildProcessError:
+        break
+    if pid == main:
+        break
+PY
+    chmod 755 "$work"
+    chmod 644 "$work/reaper.py" "$KERNEL" "$INITRD" 2>/dev/null
+    for d in a b; do
+        r=$work/lv-$d
+        mkdir -p "$r/run" "$r/config/libvirt" "$r/cache" "$r/home"
+        printf 'host_uuid = "%s"\n' "$(cat /proc/sys/kernel/random/uuid)" >"$r/config/libvirt/libvirtd.conf"
+        chown -R "$LV_USER:$group" "$r"
+        chmod 700 "$r/run"
+        setpriv --reuid="$LV_USER" --regid="$group" --init-groups /usr/bin/python3 "$work/reaper.py" \
+            /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C HOME="$r/home" XDG_RUNTIME_DIR="$r/run" \
+            XDG_CONFIG_HOME="$r/config" XDG_CACHE_HOME="$r/cache" \
+            /usr/sbin/libvirtd --config "$r/config/libvirt/libvirtd.conf" >"$r/libvirtd.log" 2>&1 &
+        LV_PID[$d]=$!
+        PIDS+=($!)
+        disown
+        LV_URI[$d]="qemu+unix:///session?socket=$r/run/libvirt/libvirt-sock"
+        for ((i = 0; i < 300; i++)); do
+            virsh -q -c "${LV_URI[$d]}" version >/dev/null 2>&1 && break
+            kill -0 "${LV_PID[$d]}" 2>/dev/null || { VIRSH_REASON="libvirtd exited: $(tail -n 2 "$r/libvirtd.log")"; return 1; }
+            nap 0.1
+        done
+    done
+}
+libvirt_down() {
+    local d p
+    for d in a b; do
+        [[ -n ${LV_PID[$d]:-} ]] || continue
+        kill -TERM "${LV_PID[$d]}" 2>/dev/null
+        p=$(cat "$work/lv-$d/run/libvirt/virtlogd.pid" 2>/dev/null)
+        [[ -n $p ]] && grep -qa virtlogd "/proc/$p/cmdline" 2>/dev/null && kill -TERM "$p" 2>/dev/null
+    done
+}
 bench_virsh() { # CASE
-    VIRSH_REASON="libvirt refuses to migrate a domain to the host it runs on, and one machine holds both ends here"
-    return 1
+    local c=$1 name=bench-lv-$1 dir=$work/lv-guest-$1 from=a to=b i t0 wall port out job
+    libvirt_up || return 1
+    mkdir -p "$dir" && chown "$LV_USER" "$dir"
+    # append='on': the destination QEMU opens the same console file and must not truncate it
+    cat >"$dir/domain.xml" <<EOF
+<domain type='qemu'>
+  <name>$name</name>
+  <memory unit='MiB'>$MEMORY</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type><kernel>$KERNEL</kernel><initrd>$INITRD</initrd><cmdline>$(cmdline_for "$c")</cmdline></os>
+  <features><acpi/><apic/></features>
+  <cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model><feature policy='disable' name='vme'/><feature policy='disable' name='svm'/></cpu>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    <controller type='usb' model='none'/>
+    <serial type='file'><source path='$dir/console.log' append='on'/><target port='0'/></serial>
+    <console type='file'><source path='$dir/console.log' append='on'/><target type='serial' port='0'/></console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+    # persistent on both ends, so the side that just sent the guest keeps its job report
+    virsh -q -c "${LV_URI[a]}" define "$dir/domain.xml" >/dev/null && virsh -q -c "${LV_URI[a]}" start "$name" >/dev/null \
+        || { VIRSH_REASON="libvirt could not start the guest"; return 1; }
+    wait_console "$dir/console.log" "$(ready_marker "$c")"
+    for ((i = 1; i <= RUNS; i++)); do
+        port=$((48000 + RANDOM % 1000))
+        t0=$(now_us)
+        out=$(virsh -c "${LV_URI[$from]}" migrate "$name" "${LV_URI[$to]}" --live --p2p --persistent \
+            --migrateuri "tcp://127.0.0.1:$port" --listen-address 127.0.0.1 --bandwidth 1048576 2>&1) \
+            || { VIRSH_REASON="virsh migrate failed: $out"; return 1; }
+        wall=$((($(now_us) - t0) / 1000))
+        [[ $(virsh -q -c "${LV_URI[$to]}" domstate "$name") == running ]] || { VIRSH_REASON="not running after migrate"; return 1; }
+        job=$(virsh -c "${LV_URI[$from]}" domjobinfo --completed "$name" 2>&1)
+        add virsh "$c" total "$wall"
+        add virsh "$c" downtime "$(awk -F: '$1 == "Total downtime" { split($2, a, " "); print a[1] }' <<<"$job")"
+        add virsh "$c" bytes "$(awk -F: '$1 == "Data processed" { split($2, a, " "); m = (a[2] == "GiB") ? 1073741824 : (a[2] == "MiB") ? 1048576 : (a[2] == "KiB") ? 1024 : 1; printf "%d", a[1] * m }' <<<"$job")"
+        local x=$from
+        from=$to
+        to=$x
+    done
+    virsh -q -c "${LV_URI[$from]}" destroy "$name" >/dev/null 2>&1
+    for d in a b; do virsh -q -c "${LV_URI[$d]}" undefine "$name" >/dev/null 2>&1; done
+    VIRSH_REASON="two session libvirtd with their own host UUIDs, 'virsh migrate --live --p2p --bandwidth 1048576'"
 }
 
 # ---- save / restore ------------------------------------------------------------------------
@@ -302,8 +416,10 @@ for c in idle dirty; do
     bench_tern "$c"
     log "case $c: plain QEMU ($RUNS runs)"
     bench_qemu "$c"
-    bench_virsh "$c" || true
+    log "case $c: virsh migrate ($RUNS runs)"
+    bench_virsh "$c" || log "virsh: $VIRSH_REASON"
 done
+libvirt_down
 log "save/restore ($RUNS runs)"
 bench_save_restore
 
@@ -315,18 +431,22 @@ echo "Live migration, ${MEMORY} MiB guest, TCG, medians of $RUNS runs (tern = 't
 echo "qemu = plain QEMU over QMP, bandwidth cap lifted, otherwise defaults)"
 printf '%-7s %-6s %10s %10s %10s %12s\n' case method total_ms downtime_ms MiB MiB/s
 for c in idle dirty; do
-    for m in tern qemu; do
+    for m in tern qemu virsh; do
+        [[ -n ${RESULT[$m,$c,total]:-} ]] || continue
         t=$(median ${RESULT[$m,$c,total]})
         d=$(median ${RESULT[$m,$c,downtime]})
         b=$(median ${RESULT[$m,$c,bytes]})
         printf '%-7s %-6s %10s %10s %10s %12s\n' "$c" "$m" "$t" "$d" "$(mib "$b")" \
             "$(awk -v b="$b" -v t="$t" 'BEGIN { printf "%.0f", b / 1048576 / (t / 1000) }')"
     done
-    printf '%-7s %-6s %10s %10s\n' "$c" "ratio" \
-        "$(ratio "$(median ${RESULT[tern,$c,total]})" "$(median ${RESULT[qemu,$c,total]})")" \
-        "$(ratio "$(median ${RESULT[tern,$c,downtime]})" "$(median ${RESULT[qemu,$c,downtime]})")"
+    for m in qemu virsh; do
+        [[ -n ${RESULT[$m,$c,total]:-} ]] || continue
+        printf '%-7s %-6s %10s %10s\n' "$c" "t/$m" \
+            "$(ratio "$(median ${RESULT[tern,$c,total]})" "$(median ${RESULT[$m,$c,total]})")" \
+            "$(ratio "$(median ${RESULT[tern,$c,downtime]})" "$(median ${RESULT[$m,$c,downtime]})")"
+    done
 done
-echo "virsh migrate --live: $VIRSH_REASON"
+echo "virsh: $VIRSH_REASON"
 echo
 echo "Save and restore, ${MEMORY} MiB idle guest, medians of $RUNS runs"
 printf '%-6s %10s %12s %10s\n' method save_ms restore_ms file_MiB
