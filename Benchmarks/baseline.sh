@@ -6,8 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 hosts=${1:-10000}
 scripts/install-deps.sh >/dev/null
-swift build -c release --product tern 2>&1 | tail -n 1
-tern=.build/release/tern
+tern=$(scripts/build-release.sh)/tern
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

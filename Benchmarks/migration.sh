@@ -17,7 +17,7 @@
 # Then save and restore of the idle 1 GiB guest: 'tern save/restore' against QEMU's own
 # migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE'.
 #
-# Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build/release] [TERN_ARGS="--connections 1"]
+# Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build-release/release] [TERN_ARGS="--connections 1"] [KEEP=1]
 #        Benchmarks/migration.sh
 # Needs root (QEMU, libvirt). TCG only.
 set -uo pipefail
@@ -49,7 +49,7 @@ cleanup() {
         for p in "$work"/lv-?/run/libvirt/virtlogd.pid; do
             [[ -f $p ]] && grep -qa virtlogd "/proc/$(cat "$p")/cmdline" 2>/dev/null && kill -KILL "$(cat "$p")"
         done
-        rm -rf "$work"
+        if [[ -n ${KEEP:-} ]]; then log "kept $work (daemon logs, consoles)"; else rm -rf "$work"; fi
     fi
 }
 trap cleanup EXIT
@@ -58,9 +58,7 @@ trap 'exit 130' INT TERM
 scripts/install-deps.sh >/dev/null || die "scripts/install-deps.sh failed"
 if [[ -z ${TERN_BIN:-} ]]; then
     log "building release binaries"
-    swift build -c release --product tern 2>&1 | tail -n 1
-    swift build -c release --product ternd 2>&1 | tail -n 1
-    TERN_BIN=.build/release
+    TERN_BIN=$(scripts/build-release.sh) || die "scripts/build-release.sh failed"
 fi
 TERN_BIN=$(cd "$TERN_BIN" && pwd) || die "TERN_BIN missing"
 TERN=$TERN_BIN/tern

@@ -11,8 +11,8 @@
 # Usage: [RUNS=5] [TERN_BIN=.build/debug] Benchmarks/vm-start.sh
 #   RUNS          timed iterations (default 5); the four methods are interleaved per iteration
 #   WARMUP        untimed warm-up iterations first (default 1)
-#   TERN_BIN      directory with tern and ternd; when unset, 'swift build -c release' is run
-#                 and .build/release is used
+#   TERN_BIN      directory with tern and ternd; when unset, scripts/build-release.sh is run
+#                 and its .build-release/release is used
 #   CPU           guest CPU in tern's --cpu syntax (default qemu64,-vme,-svm); the libvirt
 #                 domain gets the same model with the same features disabled
 #   BOOT_TIMEOUT  seconds to wait for the marker (default 120); every other wait has a limit too
@@ -103,12 +103,8 @@ trap 'echo "vm-start: interrupted" >&2; exit 130' INT TERM
 # ---- prerequisites ---------------------------------------------------------------------
 scripts/install-deps.sh >/dev/null || die "scripts/install-deps.sh failed"
 if [[ -z ${TERN_BIN:-} ]]; then
-    log "building release binaries (swift build -c release)"
-    swift build -c release --product tern 2>&1 | tail -n 1
-    [[ ${PIPESTATUS[0]} -eq 0 ]] || die "swift build of tern failed"
-    swift build -c release --product ternd 2>&1 | tail -n 1
-    [[ ${PIPESTATUS[0]} -eq 0 ]] || die "swift build of ternd failed"
-    TERN_BIN=.build/release
+    log "building release binaries (scripts/build-release.sh: static Swift runtime)"
+    TERN_BIN=$(scripts/build-release.sh) || die "scripts/build-release.sh failed"
 fi
 TERN_BIN=$(cd "$TERN_BIN" 2>/dev/null && pwd) || die "TERN_BIN directory missing"
 TERN=$TERN_BIN/tern

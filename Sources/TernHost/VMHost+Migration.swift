@@ -251,7 +251,10 @@ extension VMHost {
                     command: "migrate-incoming", message: progress.error ?? "receiving the state \(progress.status.rawValue)")
             default:
                 if ContinuousClock.now > deadline { throw HypervisorError.timeout("the incoming state of '\(name)'") }
-                try await Task.sleep(for: .milliseconds(1))
+                // The receiving QEMU loads the state on the thread that answers queries: ask
+                // rarely, and let its MIGRATION event say at once when the state is in.
+                try Task.checkCancellation()
+                await vm.waitForMigrationChange(upTo: .milliseconds(20))
             }
         }
     }
@@ -455,9 +458,12 @@ extension VMHost {
                 try await vm.switchToPostcopy()
                 switchedToPostcopy = true
             }
-            // Poll closely near the end: the destination resumes the guest only once this sees it.
-            let near = progress.status == .setup || progress.status == .completing || progress.remainingBytes < 64 << 20
-            try await Task.sleep(for: .milliseconds(near ? 1 : 10))
+            // Every QMP query takes QEMU's big lock, which the guest and the migration thread
+            // need too: poll rarely, and let the hypervisor's events (the last pass starts, the
+            // migration ends) wake this at once. The destination resumes the guest only once this
+            // has seen the last pass begin.
+            try Task.checkCancellation()
+            await vm.waitForMigrationChange(upTo: progress.status == .completing ? .milliseconds(5) : .milliseconds(50))
         }
     }
 

@@ -53,6 +53,10 @@ public protocol VirtualMachineInstance: Sendable {
     func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws
     /// Where the current migration (outgoing, or incoming for an incoming VM) stands.
     func migrationProgress() async throws -> MigrationProgress
+    /// Waits until the migration's state may have changed (the hypervisor says so, or the guest
+    /// stops for the last pass), or at most `limit`. Lets a follower poll rarely without
+    /// missing the moment the migration ends.
+    func waitForMigrationChange(upTo limit: Duration) async
     /// Stops an outgoing migration; the guest goes on running here.
     func cancelMigration() async throws
     /// Switches a running outgoing migration to post-copy (the guest continues on the

@@ -29,6 +29,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     private let transitions = NIOLockedValueBox<(stopped: Double?, resumed: Double?)>((nil, nil))
     public var lastStopped: Double? { transitions.withLockedValue { $0.stopped } }
     public var lastResumed: Double? { transitions.withLockedValue { $0.resumed } }
+    /// Woken by QEMU's MIGRATION and STOP events.
+    private let migrationSignal = Signal()
 
     init(name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?) {
         self.name = name
@@ -39,10 +41,14 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         self.child = child
         let ending = self.ending
         let transitions = self.transitions
+        let migrationSignal = self.migrationSignal
         eventTask = Task {
             for await event in client.events {
                 switch event.name {
-                case "STOP": transitions.withLockedValue { $0.stopped = event.timestamp }
+                case "MIGRATION": migrationSignal.fire()
+                case "STOP":
+                    transitions.withLockedValue { $0.stopped = event.timestamp }
+                    migrationSignal.fire()
                 case "RESUME": transitions.withLockedValue { $0.resumed = event.timestamp }
                 case "GUEST_PANICKED": ending.withLockedValue { $0 = "panicked" }
                 case "SHUTDOWN":
@@ -144,6 +150,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// matter on the source.
     private func configureMigration(_ parameters: MigrationParameters, outgoing: Bool) async throws {
         var capabilities: [JSONValue] = [
+            ["capability": "events", "state": true],  // MIGRATION events: no need to poll closely
             ["capability": "multifd", "state": .bool((parameters.connections ?? 1) > 1)],
             ["capability": "postcopy-ram", "state": .bool(parameters.postcopy)],
         ]
@@ -158,6 +165,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             if let downtime = parameters.maxDowntimeMs { settings["downtime-limit"] = .number(Double(downtime)) }
         }
         if !settings.isEmpty { try await client.execute("migrate-set-parameters", settings) }
+    }
+
+    public func waitForMigrationChange(upTo limit: Duration) async {
+        await migrationSignal.wait(upTo: limit)
     }
 
     /// Reads QMP's `MigrationInfo`.
