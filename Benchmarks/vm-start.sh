@@ -185,6 +185,16 @@ until_ok() {
 }
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
+# "anon file pss" in KiB: private (anonymous) resident memory, file-backed resident pages (code
+# and read-only data of the program and its libraries, shared with any other process using
+# them and reclaimable), and the proportional set size.
+mem_split() {
+    local a f p
+    a=$(awk '/^RssAnon:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
+    f=$(awk '/^RssFile:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
+    p=$(awk '/^Pss:/ { print $2 }' "/proc/$1/smaps_rollup" 2>/dev/null)
+    echo "${a:-0} ${f:-0} ${p:-0}"
+}
 
 # ---- libvirt ---------------------------------------------------------------------------
 pidfile_pid() { # the pid in a pid file (often without a trailing newline), if it runs
@@ -371,6 +381,7 @@ wait_exit "$pid" 30 "tern start"
 qpid=$(tern_pid tern-bench-idle); [[ -n $qpid ]] && QEMU_PIDS+=("$qpid")
 nap 1
 TERND_RSS=$(rss_kb "$TERND_PID")
+TERND_SPLIT=$(mem_split "$TERND_PID")
 TERN_QEMU_RSS=$( [[ -n $qpid ]] && rss_kb "$qpid")
 "$TERN" destroy tern-bench-idle > /dev/null 2>&1
 until_ok 30 "ternd's idle VM to be shut off" tern_is_off tern-bench-idle
@@ -383,6 +394,7 @@ wait_ready "$work/lv/idle/console.log" "$pid" bg "$work/lv/idle/err"
 wait_exit "$pid" 30 "virsh create"
 nap 1
 LIBVIRTD_RSS=$(rss_kb "$LIBVIRTD_PID")
+LIBVIRTD_SPLIT=$(mem_split "$LIBVIRTD_PID")
 VIRTLOGD_PID=$(pidfile_pid /run/virtlogd.pid || pgrep -o -x virtlogd)
 VIRTLOGD_RSS=$( [[ -n $VIRTLOGD_PID ]] && rss_kb "$VIRTLOGD_PID")
 lv_qpid=$(pidfile_pid "/run/libvirt/qemu/$LV_IDLE.pid")
@@ -418,6 +430,12 @@ printf '  %-34s %8.1f MiB\n' "libvirtd (pid $LIBVIRTD_PID)" "$(awk -v k="$LIBVIR
 [[ -n $TERN_QEMU_RSS && -n $LV_QEMU_RSS ]] && printf '  %-34s %8.1f / %.1f MiB\n' "QEMU under ternd / under libvirt" \
     "$(awk -v k="$TERN_QEMU_RSS" 'BEGIN { print k / 1024 }')" "$(awk -v k="$LV_QEMU_RSS" 'BEGIN { print k / 1024 }')"
 awk -v l="$LIBVIRTD_RSS" -v t="$TERND_RSS" 'BEGIN { printf "ratio libvirtd/ternd: %.2fx\n", l / t }'
+echo "  of which (MiB)                     private   file-backed   PSS"
+for d in ternd libvirtd; do
+    if [[ $d == ternd ]]; then split=$TERND_SPLIT; else split=$LIBVIRTD_SPLIT; fi
+    read -r a f p <<< "$split"
+    awk -v n="$d" -v a="$a" -v f="$f" -v p="$p" 'BEGIN { printf "  %-34s %7.1f %13.1f %7.1f\n", n, a / 1024, f / 1024, p / 1024 }'
+done
 echo
 verdict() { if [[ $1 == yes ]]; then echo "met"; else echo "NOT met"; fi; }
 d_run=$(( (MED[run] - MED[raw]) / 1000 )); d_start=$(( (MED[start] - MED[raw]) / 1000 ))
