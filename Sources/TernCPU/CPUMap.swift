@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Everything Tern knows about x86 CPUs: the feature registry, the vendors and the CPU models.
 ///
@@ -78,9 +79,27 @@ public struct CPUMap: Sendable {
     ]
 
     /// Loads a map in Tern's own JSON format.
+    ///
+    /// Every `tern` command loads the map, so the two files are decoded side by side: the models
+    /// file is parsed on a second thread while the features are decoded, and only then are the
+    /// models' feature names resolved.
     public static func load(featuresJSON: URL, modelsJSON: URL) throws(CPUError) -> CPUMap {
-        let registry = try FeatureRegistry(features: try decodeFeatures(featuresJSON))
-        let models = try decodeModels(modelsJSON, registry: registry)
+        let parsedModels = Mutex<Result<ModelFile, CPUError>?>(nil)
+        let decodedFeatures = Mutex<Result<[Feature], CPUError>?>(nil)
+        DispatchQueue.concurrentPerform(iterations: 2) { index in
+            if index == 0 {
+                let result = Result { () throws(CPUError) in try readJSON(ModelFile.self, modelsJSON) }
+                parsedModels.withLock { $0 = result }
+            } else {
+                let result = Result { () throws(CPUError) in try decodeFeatures(featuresJSON) }
+                decodedFeatures.withLock { $0 = result }
+            }
+        }
+        guard let features = decodedFeatures.withLock({ $0 }), let modelFile = parsedModels.withLock({ $0 }) else {
+            throw .invalidCPUMap(path: modelsJSON.path, reason: "the map was not decoded")
+        }
+        let registry = try FeatureRegistry(features: try features.get())
+        let models = try resolveModels(try modelFile.get(), path: modelsJSON.path, registry: registry)
         return CPUMap(registry: registry, vendors: knownVendors, models: models, source: "builtin")
     }
 
@@ -101,8 +120,8 @@ public struct CPUMap: Sendable {
         var features: [Entry]
     }
 
-    private struct ModelFile: Decodable {
-        struct Entry: Decodable {
+    private struct ModelFile: Decodable, Sendable {
+        struct Entry: Decodable, Sendable {
             var name: String
             var aliases: [String]?
             var vendor: String?
@@ -154,14 +173,13 @@ public struct CPUMap: Sendable {
         return features
     }
 
-    private static func decodeModels(_ url: URL, registry: FeatureRegistry) throws(CPUError) -> [CPUModel] {
-        let file = try readJSON(ModelFile.self, url)
+    private static func resolveModels(_ file: ModelFile, path: String, registry: FeatureRegistry) throws(CPUError) -> [CPUModel] {
         var models: [CPUModel] = []
         for entry in file.models {
             var set = FeatureSet()
             for name in entry.features {
                 guard let feature = registry.feature(named: name) else {
-                    throw .invalidCPUMap(path: url.path, reason: "model '\(entry.name)' names unknown feature '\(name)'")
+                    throw .invalidCPUMap(path: path, reason: "model '\(entry.name)' names unknown feature '\(name)'")
                 }
                 set.insert(feature)
             }
