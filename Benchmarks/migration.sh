@@ -101,6 +101,14 @@ qmp() {
     die "QMP $1: no reply to $2"
 }
 qmp_close() { exec {QMP_W[$1]}>&- {QMP_R[$1]}<&-; rm -f "$work/$1.in" "$work/$1.out"; }
+qmp_wait_migrated() { # NAME WHAT: polls query-migrate until completed; dies on failure
+    while :; do
+        qmp "$1" '{"execute":"query-migrate"}'
+        [[ $(field status) == completed ]] && return 0
+        [[ $(field status) == failed ]] && die "QEMU $2 failed: $REPLY"
+        nap 0.002
+    done
+}
 field() { [[ $REPLY =~ \"$1\":\ \"?([^,\"}]*) ]] && echo "${BASH_REMATCH[1]}"; }
 
 wait_console() { # FILE TEXT
@@ -363,12 +371,7 @@ bench_save_restore() {
         qmp "$src" '{"execute":"stop"}'
         qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
         qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $qfile\"}}"
-        while :; do
-            qmp "$src" '{"execute":"query-migrate"}'
-            [[ $(field status) == completed ]] && break
-            [[ $(field status) == failed ]] && die "QEMU save failed: $REPLY"
-            nap 0.002
-        done
+        qmp_wait_migrated "$src" save
         sync -f "$qfile"
         add qemu save ms $((($(now_us) - t0) / 1000))
         add qemu save bytes "$(stat -c %s "$qfile")"
@@ -383,12 +386,7 @@ bench_save_restore() {
         PIDS+=($pid)
         qmp_open "$dst" "$work/$dst.qmp"
         # The state was saved stopped, so QEMU keeps it stopped once loaded: then 'cont'.
-        while :; do
-            qmp "$dst" '{"execute":"query-migrate"}'
-            [[ $(field status) == completed ]] && break
-            [[ $(field status) == failed ]] && die "QEMU restore failed: $REPLY"
-            nap 0.002
-        done
+        qmp_wait_migrated "$dst" restore
         qmp "$dst" '{"execute":"cont"}'
         add qemu restore ms $((($(now_us) - t0) / 1000))
         rm -f "$qfile"
