@@ -50,8 +50,8 @@ import Glibc
     }
 
     /// Defines and starts a counting VM on `daemon` and waits until it counts.
-    func boot(_ name: String, on daemon: TestDaemon, cpu: String = "", memoryMiB: Int = 192) throws {
-        let defined = try daemon.tern("define", "-", stdin: TestDaemon.domainXML(name: name, memoryMiB: memoryMiB, cpu: cpu))
+    func boot(_ name: String, on daemon: TestDaemon, mode: String = "counter", cpu: String = "", memoryMiB: Int = 192) throws {
+        let defined = try daemon.tern("define", "-", stdin: TestDaemon.domainXML(name: name, mode: mode, memoryMiB: memoryMiB, cpu: cpu))
         try #require(defined.status == 0, "define: \(defined.err)")
         let started = try daemon.tern("start", name)
         try #require(started.status == 0, "start: \(started.err)")
@@ -115,6 +115,28 @@ import Glibc
             #expect(try state("mover", on: a) == "running")
             #expect(try state("mover", on: b) == nil)
             try expectContinuity("mover", from: b, to: a, sourceLog: firstLeg + b.consoleLog("mover"))
+        }
+    }
+
+    /// Post-copy needs its capability on both QEMUs (the destination fetches missing pages from
+    /// the source once the guest runs there); auto-converge only on the source.
+    @Test func postcopyThereAndAutoConvergeBack() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            // A guest that dirties memory (and counts), so that passes keep coming.
+            try boot("stretch", on: a, mode: "memtouch")
+            #expect(a.waitForConsole("stretch", "TERN-GUEST: counter 5"))
+            // Capped, so that the second pass comes while pages are still dirty and the switch to
+            // post-copy happens mid-stream (`--verbose` then shows "(post-copy)").
+            let there = try migrate("stretch", from: a, to: b, "--postcopy", "--bandwidth", "48")
+            #expect(there.status == 0, "\(there.err)")
+            #expect(try state("stretch", on: b) == "running")
+            #expect(try state("stretch", on: a) == nil)
+            try expectContinuity("stretch", from: a, to: b)
+            let firstLeg = a.consoleLog("stretch")
+            let back = try migrate("stretch", from: b, to: a, "--auto-converge")
+            #expect(back.status == 0, "\(back.err)")
+            #expect(try state("stretch", on: a) == "running")
+            try expectContinuity("stretch", from: b, to: a, sourceLog: firstLeg + b.consoleLog("stretch"))
         }
     }
 
