@@ -2,7 +2,7 @@
 # Builds Tern's release binaries (tern, ternd) the way they are meant to be installed: optimized
 # and linked statically against the Swift runtime and Foundation, so a command starts without
 # the dynamic linker resolving a dozen Swift libraries (measured here: 'tern --help' 12 ms
-# instead of 23 ms; ternd's resident memory ~5 MiB lower). Only glibc, libstdc++ and SQLite stay
+# instead of 23 ms; ternd's resident memory a few MiB lower). Only glibc, libstdc++ and SQLite stay
 # shared. Uses its own build directory (.build-release), so switching between this and a
 # dynamically linked 'swift build -c release' never forces a full rebuild.
 #
