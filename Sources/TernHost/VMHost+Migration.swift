@@ -87,9 +87,9 @@ extension VMHost {
         } catch {
             writer.discard()
             try? await vm.cancelMigration()
-            if transfer.running { try? await vm.resume() }
-            throw HostError.migrationFailed(
-                name: name, phase: "save", reason: "\(error)", vmState: transfer.running ? "running" : "paused")
+            await waitUntilSettled(vm)
+            let state = await keepHere(name, vm, running: transfer.running)
+            throw HostError.migrationFailed(name: name, phase: "save", reason: "\(error)", vmState: state)
         }
         // Saved: the VM stops here; its definition stays, shut off.
         instances[name] = nil
@@ -344,10 +344,10 @@ extension VMHost {
             if arrived == nil {
                 try? await vm.cancelMigration()
                 await waitUntilSettled(vm)
-                if transfer.running, (try? await vm.runState()) != .running { try? await vm.resume() }
                 _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
                 migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
-                throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: vmState)
+                let state = await keepHere(name, vm, running: transfer.running)
+                throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: state)
             }
         }
         let transferMs = milliseconds(clock.now - transferBegin)
@@ -362,9 +362,10 @@ extension VMHost {
             remote = try await confirmation!.value
         } catch {
             _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
-            if transfer.running { try? await vm.resume() }
             migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
-            throw HostError.migrationFailed(name: name, phase: "confirmation by \(request.destination)", reason: "\(error)", vmState: vmState)
+            let state = await keepHere(name, vm, running: transfer.running)
+            throw HostError.migrationFailed(
+                name: name, phase: "confirmation by \(request.destination)", reason: "\(error)", vmState: state)
         }
         var last = MigrationProgress(status: .completed)
         if let final { last = final } else if let progress = try? await vm.migrationProgress() { last = progress }
@@ -464,6 +465,23 @@ extension VMHost {
             // has seen the last pass begin.
             try Task.checkCancellation()
             await vm.waitForMigrationChange(upTo: progress.status == .completing ? .milliseconds(5) : .milliseconds(50))
+        }
+    }
+
+    /// After a move failed: the guest runs here again if it ran before. Returns the state it is
+    /// in; if the hypervisor will not resume it, it is recorded as paused, with the reason.
+    private func keepHere(_ name: String, _ vm: any VirtualMachineInstance, running: Bool) async -> String {
+        guard running, (try? await vm.runState()) != .running else { return running ? "running" : "paused" }
+        do {
+            try await vm.resume()
+            return "running"
+        } catch {
+            if var record = try? store.find(name) {
+                record.state = "paused"
+                record.reason = "could not be resumed after a failed migration: \(error)"
+                try? store.save(record)
+            }
+            return "paused (it could not be resumed: \(error); try 'tern resume \(name)')"
         }
     }
 

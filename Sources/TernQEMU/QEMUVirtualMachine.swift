@@ -74,7 +74,23 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     public func pause() async throws { try await client.execute("stop") }
 
-    public func resume() async throws { try await client.execute("cont") }
+    public func resume() async throws {
+        // QEMU announces a completed outgoing migration a moment before it leaves its
+        // finish-migrate run state, and refuses `cont` until then: wait that moment out.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            let refusal: QMPError
+            do {
+                try await client.execute("cont")
+                return
+            } catch {
+                refusal = error
+            }
+            guard case .commandFailed(_, _, let message) = refusal, message.contains("not finalized"), ContinuousClock.now < deadline
+            else { throw refusal }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
 
     public func shutdown() async throws { try await client.execute("system_powerdown") }
 

@@ -1,6 +1,9 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import TernCPU
+import TernHypervisor
 import Testing
 @testable import TernQEMU
 
@@ -26,6 +29,8 @@ final class FakeQMPServer: Sendable {
     final class Handler: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer
         typealias OutboundOut = ByteBuffer
+        /// `cont` is refused this many times, as QEMU refuses it just after a migration completed.
+        let refusedConts = NIOLockedValueBox(3)
 
         func channelActive(context: ChannelHandlerContext) {
             send(context, #"{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}"#)
@@ -41,6 +46,16 @@ final class FakeQMPServer: Sendable {
                 case "query-status":
                     send(context, #"{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}"#)
                     send(context, #"{"return": {"status": "paused", "running": false}, "id": \#(id)}"#)
+                case "cont":
+                    let refuse = refusedConts.withLockedValue { left in
+                        defer { left -= 1 }
+                        return left > 0
+                    }
+                    if refuse {
+                        send(context, #"{"error": {"class": "GenericError", "desc": "Migration is not finalized yet"}, "id": \#(id)}"#)
+                    } else {
+                        send(context, #"{"return": {}, "id": \#(id)}"#)
+                    }
                 case "boom":
                     send(context, #"{"error": {"class": "GenericError", "desc": "it broke"}, "id": \#(id)}"#)
                 case "echo":
@@ -116,6 +131,19 @@ final class FakeQMPServer: Sendable {
         let client = try await QMPClient.connect(path: server.path)
         await #expect(throws: QMPError.self) { try await client.execute("bye") }
         await #expect(throws: QMPError.self) { try await client.execute("query-status") }
+        await server.close()
+    }
+
+    /// QEMU sends MIGRATION completed a moment before it leaves finish-migrate; a `cont` in that
+    /// moment is refused. Resuming a source after a failed confirmation must wait it out.
+    @Test func resumeWaitsOutAMigrationThatIsNotFinalized() async throws {
+        let server = try await FakeQMPServer()
+        let client = try await QMPClient.connect(path: server.path)
+        let vm = QEMUVirtualMachine(
+            name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+            map: try CPUMap.builtin(), child: nil)
+        try await vm.resume()  // refused three times, then accepted
+        await client.close()
         await server.close()
     }
 
