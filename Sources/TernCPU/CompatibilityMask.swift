@@ -4,8 +4,11 @@
 /// The lists are the ones MISSION.md gives (Hyper-V's processor compatibility mode). Hygon
 /// processors are AMD-derived and get the AMD mask. Features that cannot work without a
 /// withheld one (AVX2 without AVX, XSAVEC without XSAVE, every AVX-512 subset …) are withheld
-/// too (the XSAVE → AVX → AVX-512 tree only): otherwise the guest would see a CPU no real
-/// processor is, and Linux hides them anyway. Nothing else is added to the lists.
+/// too: otherwise the guest would see a CPU no real processor is. The same goes for SSE4.2
+/// without SSSE3 and SSE4.1 — on AMD hosts the mask keeps SSE4.2, but code built for SSE4.2
+/// uses SSSE3 instructions (glibc's SSE4.2 string functions run PSHUFB), so a guest shown
+/// SSE4.2 alone crashes wherever CPUID is enforced (its init died of SIGILL under QEMU's TCG).
+/// Nothing else is added to the lists.
 public struct CompatibilityMask: Sendable {
     /// The vendor the mask is for.
     public var vendor: String
@@ -36,8 +39,10 @@ public struct CompatibilityMask: Sendable {
 
     /// Features that only work together with another one: (feature, what it needs).
     /// From the Intel SDM / AMD APM enumeration rules (state components managed by XSAVE, AVX
-    /// encodings, AVX-512 foundation).
+    /// encodings, AVX-512 foundation), and the SSSE3 ⊂ SSE4.1 ⊂ SSE4.2 chain every processor
+    /// and compiler follows.
     static let dependencies: [(String, String)] = [
+        ("sse4.1", "ssse3"), ("sse4.2", "ssse3"), ("sse4.2", "sse4.1"),
         ("xsaveopt", "xsave"), ("xsavec", "xsave"), ("xsaves", "xsave"), ("xgetbv1", "xsave"), ("avx", "xsave"),
         ("mpx", "xsave"), ("pku", "xsave"), ("amx-tile", "xsave"), ("amx-int8", "amx-tile"), ("amx-bf16", "amx-tile"),
         ("avx2", "avx"), ("fma", "avx"), ("f16c", "avx"), ("vaes", "avx"), ("vpclmulqdq", "avx"), ("avx-vnni", "avx"),

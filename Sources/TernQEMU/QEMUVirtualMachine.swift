@@ -76,9 +76,11 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     public func resume() async throws {
         // QEMU announces a completed outgoing migration a moment before it leaves its
-        // finish-migrate run state, and refuses `cont` until then: wait that moment out.
-        let deadline = ContinuousClock.now + .seconds(10)
+        // finish-migrate run state, and refuses `cont` until then: wait that moment out (counted
+        // in tries, not wall time, so a busy host that delays this task does not cut it short).
+        var triesLeft = 2000  // 5 ms apart: 10 s
         while true {
+            triesLeft -= 1
             let refusal: QMPError
             do {
                 try await client.execute("cont")
@@ -86,7 +88,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             } catch {
                 refusal = error
             }
-            guard case .commandFailed(_, _, let message) = refusal, message.contains("not finalized"), ContinuousClock.now < deadline
+            guard case .commandFailed(_, _, let message) = refusal, message.contains("not finalized"), triesLeft > 0
             else { throw refusal }
             try await Task.sleep(for: .milliseconds(5))
         }

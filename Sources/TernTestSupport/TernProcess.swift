@@ -41,7 +41,14 @@ public func runProgram(
     try process.run()
     if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
     try input.fileHandleForWriting.close()
-    let timer = DispatchWorkItem { if process.isRunning { process.terminate() } }
+    let timer = DispatchWorkItem {
+        guard process.isRunning else { return }
+        // Its children first (a QEMU it started would keep the output pipes open), then it.
+        let children = childProcesses(of: process.processIdentifier)
+        process.terminate()
+        Thread.sleep(forTimeInterval: 2)
+        for child in children { kill(child, SIGKILL) }
+    }
     DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     let errData = err.fileHandleForReading.readDataToEndOfFile()
@@ -50,6 +57,19 @@ public func runProgram(
     return ProgramRun(
         status: process.terminationReason == .uncaughtSignal ? -1 : process.terminationStatus,
         out: String(decoding: outData, as: UTF8.self), err: String(decoding: errData, as: UTF8.self))
+}
+
+/// The processes whose parent is `pid`.
+func childProcesses(of pid: Int32) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> Int32? in
+        guard let child = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+            let close = stat.range(of: ")", options: .backwards)
+        else { return nil }
+        // After "(comm)": state, then the parent's pid.
+        let fields = stat[close.upperBound...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == pid ? child : nil
+    }
 }
 
 /// Runs the built `tern` CLI.

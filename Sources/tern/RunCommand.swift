@@ -56,6 +56,10 @@ struct Run: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(at: directory) }
         let prepared = clock.now - begin
         let vm = try await hypervisor.start(configuration, files: files, console: .terminal)
+        // Ended by a signal, tern ends its VM too: a QEMU left behind would go on holding the
+        // terminal (and whatever reads tern's output) with nobody to stop it.
+        let forwarding = SignalForwarding(signals: [SIGTERM, SIGHUP, SIGINT]) { Task { try? await vm.destroy() } }
+        defer { forwarding.cancel() }
         if timing {
             let t = vm.startTimings
             printError(
@@ -63,6 +67,10 @@ struct Run: AsyncParsableCommand {
                     + "cpu-verified=\(ms(t.verified)) running=\(ms(t.running)) tern-overhead=\(ms(prepared + t.ternOverhead))")
         }
         let exit = await vm.waitForExit()
+        if let number = forwarding.received {
+            printError("tern: VM '\(name)' ended: tern received signal \(number)")
+            throw ExitCode(1)
+        }
         switch exit {
         case .poweredOff:
             printError("tern: VM '\(name)' powered off")
@@ -99,4 +107,39 @@ func parseMemory(_ text: String) throws -> Int {
 func shellQuote(_ word: String) -> String {
     if !word.isEmpty, word.allSatisfy({ $0.isLetter || $0.isNumber || "-_./=:,+@%".contains($0) }) { return word }
     return "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
+/// Turns the given signals into an action (ending the foreground VM) instead of letting them
+/// end tern while its VM lives on. (QEMU is told over QMP: a child spawned from a worker thread
+/// inherits that thread's blocked signals, so a signal sent to it may never arrive.)
+final class SignalForwarding {
+    private let sources: [any DispatchSourceSignal]
+    private let first = FirstSignal()
+    /// The first of the signals that arrived, if one did.
+    var received: Int32? { first.value }
+
+    init(signals: [Int32], action: @escaping @Sendable () -> Void) {
+        let first = self.first
+        sources = signals.map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                first.record(number)
+                action()
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    func cancel() {
+        for source in sources { source.cancel() }
+    }
+}
+
+private final class FirstSignal: @unchecked Sendable {
+    private let lock = NSLock()
+    private var number: Int32?
+    var value: Int32? { lock.withLock { number } }
+    func record(_ signal: Int32) { lock.withLock { if number == nil { number = signal } } }
 }
