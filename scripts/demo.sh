@@ -90,8 +90,14 @@ for vm in compat haswell; do
     grep -E "TERN-GUEST: (cpus|vendor|model|flags)=" "$state/vms/$vm/console.log" | tr -d '\r' | sed 's/^.*TERN-GUEST: /  /'
 done
 echo
-echo "In compatibility mode the guest has no ssse3, sse4_1, sse4_2, popcnt, xsave or avx (the classic"
-echo "Intel mask), and the Haswell guest has avx, fma and bmi2 but no avx2."
+if grep -q "TERN-GUEST: vendor=AuthenticAMD" "$state/vms/compat/console.log"; then
+    echo "In compatibility mode the guest has no ssse3, sse4_1, sse4a, popcnt or abm (the classic AMD"
+    echo "mask; sse4_2 goes with them, as code built for it uses SSSE3 instructions), and the Haswell"
+    echo "guest has avx, fma and bmi2 but no avx2."
+else
+    echo "In compatibility mode the guest has no ssse3, sse4_1, sse4_2, popcnt, xsave or avx (the classic"
+    echo "Intel mask), and the Haswell guest has avx, fma and bmi2 but no avx2."
+fi
 
 echo
 echo "== A VM started on a Xeon Gold 6148 (Skylake-SP): where can it move? =="
