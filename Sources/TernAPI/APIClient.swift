@@ -95,9 +95,13 @@ public struct APIClient: Sendable {
             head.headers.add(name: "Connection", value: "close")
             head.headers.add(name: "Content-Length", value: String(body?.count ?? 0))
             if body != nil { head.headers.add(name: "Content-Type", value: "application/json") }
-            try await outbound.write(.head(head))
-            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-            try await outbound.write(.end(nil))
+            var parts: [HTTPClientRequestPart] = [.head(head)]
+            if let body { parts.append(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            parts.append(.end(nil))
+            // ternd may answer and close as soon as it has the request head (a request without a
+            // body is complete then), before the last of these writes: its reply still counts.
+            var writeError: (any Error)?
+            do { try await outbound.write(contentsOf: parts) } catch { writeError = error }
             var status: Int?
             var collected = ByteBuffer()
             for try await part in inbound {
@@ -113,6 +117,7 @@ public struct APIClient: Sendable {
                     return (status, Data(collected.readableBytesView))
                 }
             }
+            if let writeError { throw writeError }
             throw APIError(code: "closed", error: "ternd closed the connection before replying")
         }
     }
