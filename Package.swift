@@ -86,7 +86,9 @@ let package = Package(
             dependencies: [
                 "TernCPU", "TernHost", "TernSaveFile", "TernHypervisor", "TernQEMU", "TernAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             linkerSettings: releaseLink
@@ -105,6 +107,6 @@ let package = Package(
         // Runs the built `tern` as a user would.
         .testTarget(name: "TernCLITests", dependencies: ["tern", "TernTestSupport"]),
         // Boots real guests through `tern` and checks from inside them.
-        .testTarget(name: "TernIntegrationTests", dependencies: ["tern", "TernCPU", "TernTestSupport"]),
+        .testTarget(name: "TernIntegrationTests", dependencies: ["tern", "TernCPU", "TernTestSupport", "CTernHost"]),
     ]
 )

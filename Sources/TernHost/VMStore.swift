@@ -19,6 +19,11 @@ struct VMRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
     /// The console's last lines when it crashed (JSON array).
     var lastConsoleLines: String?
     var updatedAt: Date
+
+    /// Dates are stored as seconds since 1970: GRDB's default text format goes through a
+    /// Foundation `DateFormatter`, which loads ICU's calendar and time-zone data into the daemon
+    /// at its first save. (Rows written as text before still read back.)
+    static func databaseDateEncodingStrategy(for column: String) -> DatabaseDateEncodingStrategy { .timeIntervalSince1970 }
 }
 
 /// The host's VM definitions and states, in SQLite under the state directory.

@@ -70,9 +70,7 @@ struct Ternd: AsyncParsableCommand {
         let socketPath = socket ?? stateDirectory.appendingPathComponent("ternd.sock").path
         try? FileManager.default.removeItem(atPath: socketPath)
         var services: [any Service] = [
-            Application(
-                router: APIRouter.make(host: host),
-                configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "ternd"), logger: logger)
+            APIServer(router: APIRouter.make(host: host), address: .unixDomainSocket(path: socketPath), logger: logger)
         ]
         if let listen {
             let parts = listen.split(separator: ":")
@@ -80,9 +78,7 @@ struct Ternd: AsyncParsableCommand {
                 throw ValidationError("--listen expects host:port, e.g. 127.0.0.1:7070")
             }
             services.append(
-                Application(
-                    router: APIRouter.make(host: host),
-                    configuration: .init(address: .hostname(String(parts[0]), port: port), serverName: "ternd"), logger: logger))
+                APIServer(router: APIRouter.make(host: host), address: .hostname(String(parts[0]), port: port), logger: logger))
         }
         logger.info(
             "ternd ready",

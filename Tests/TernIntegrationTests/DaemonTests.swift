@@ -1,3 +1,4 @@
+import CTernHost
 import Foundation
 import TernTestSupport
 import Testing
@@ -166,6 +167,29 @@ import Testing
             packageRoot.appendingPathComponent(".build/debug/ternd"), ["--state-dir", daemon.stateDirectory.path], timeout: 60)
         #expect(second.status != 0 && second.err.contains("already using the state directory"))
         #expect(try daemon.tern("list").out.contains("over-tcp"))
+    }
+
+    /// Every reply carries the HTTP headers a server with a clock owes its clients.
+    @Test func repliesCarryDateAndServerHeaders() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        let connection = tern_unix_connect(daemon.socket)
+        #expect(connection >= 0)
+        let handle = FileHandle(fileDescriptor: connection, closeOnDealloc: true)
+        handle.write(Data("GET /vms HTTP/1.1\r\nHost: ternd\r\nConnection: close\r\n\r\n".utf8))
+        let reply = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+        #expect(reply.hasPrefix("HTTP/1.1 200"), "\(reply)")
+        #expect(reply.contains("Server: ternd\r\n"), "\(reply)")
+        // IMF-fixdate, e.g. "Date: Sun, 06 Nov 1994 08:49:37 GMT", and today's.
+        let date = reply.split(separator: "\r\n").first { $0.hasPrefix("Date: ") }.map { String($0.dropFirst(6)) }
+        let format = try Regex(#"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT$"#)
+        #expect(date?.wholeMatch(of: format) != nil, "\(String(describing: date))")
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        let sent = try #require(date.flatMap { formatter.date(from: $0) })
+        #expect(abs(sent.timeIntervalSinceNow) < 60)
     }
 
     @Test func anUnreachableDaemonIsAClearError() throws {
