@@ -4,31 +4,18 @@ import HummingbirdCore
 import Logging
 import NIOHTTP1
 import NIOPosix
-import ServiceLifecycle
 
 /// ternd's HTTP server: the API's router behind HummingbirdCore's HTTP/1.1 server.
 ///
 /// This is what Hummingbird's `Application` does, less its cache of the `Date` header: that
 /// cache formats the date through Foundation's Gregorian calendar, which loads ICU's calendar
 /// and time-zone data into the daemon. The header is written here from the C library's clock.
-struct APIServer: Service {
-    let responder: RouterResponder<BasicRequestContext>
-    let address: BindAddress
-    let logger: Logger
+struct APIServer: Sendable {
+    private let server: Server<HTTP1Channel>
 
     init(router: Router<BasicRequestContext>, address: BindAddress, logger: Logger) {
-        responder = router.buildResponder()
-        self.address = address
-        self.logger = logger
-    }
-
-    func run() async throws {
-        let responder = self.responder
-        let logger = self.logger
-        let server = try HTTPServerBuilder.http1().buildServer(
-            configuration: .init(address: address, serverName: "ternd"),
-            eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger
-        ) { (request, responseWriter: consuming ResponseWriter, channel) in
+        let responder = router.buildResponder()
+        let channel = HTTP1Channel(responder: { request, responseWriter, channel in
             let context = BasicRequestContext(source: .init(channel: channel, logger: logger))
             var response: Response
             do {
@@ -42,9 +29,17 @@ struct APIServer: Service {
             response.headers[.date] = Self.httpDate()
             response.headers[.server] = "ternd"
             try await responseWriter.write(response: response.head, body: response.body)
-        }
-        try await server.run()
+        }, configuration: .init())
+        server = Server(
+            childChannelSetup: channel, configuration: .init(address: address, serverName: "ternd"),
+            eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger)
     }
+
+    /// Serves until ``stop()``.
+    func run() async throws { try await server.run() }
+
+    /// Stops listening and lets the requests in flight finish.
+    func stop() async throws { try await server.shutdownGracefully() }
 
     /// The current time as an HTTP date (RFC 9110's IMF-fixdate, always GMT).
     static func httpDate(_ now: time_t = time(nil)) -> String {

@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
-import ServiceLifecycle
 import TernAPI
 import TernCPU
 import TernHost
@@ -69,7 +68,7 @@ struct Ternd: AsyncParsableCommand {
 
         let socketPath = socket ?? stateDirectory.appendingPathComponent("ternd.sock").path
         try? FileManager.default.removeItem(atPath: socketPath)
-        var services: [any Service] = [
+        var servers = [
             APIServer(router: APIRouter.make(host: host), address: .unixDomainSocket(path: socketPath), logger: logger)
         ]
         if let listen {
@@ -77,7 +76,7 @@ struct Ternd: AsyncParsableCommand {
             guard parts.count == 2, let port = Int(parts[1]) else {
                 throw ValidationError("--listen expects host:port, e.g. 127.0.0.1:7070")
             }
-            services.append(
+            servers.append(
                 APIServer(router: APIRouter.make(host: host), address: .hostname(String(parts[0]), port: port), logger: logger))
         }
         logger.info(
@@ -86,9 +85,29 @@ struct Ternd: AsyncParsableCommand {
                 "socket": .string(socketPath), "tcp": .string(listen ?? "-"), "accelerator": .string(hypervisor.accelerator.rawValue),
                 "host-cpu": .string(capabilities.host.source),
             ])
-        let group = ServiceGroup(
-            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        // Serve until SIGTERM or SIGINT, then stop listening and let the requests in flight finish.
+        let (signals, arrived) = AsyncStream.makeStream(of: Int32.self)
+        let sources = [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { arrived.yield(number) }
+            source.resume()
+            return source
+        }
+        defer { for source in sources { source.cancel() } }
+        let running = servers
+        let stopping = logger
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for server in running { group.addTask { try await server.run() } }
+            group.addTask {
+                for await number in signals {
+                    stopping.info("stopping", metadata: ["signal": .stringConvertible(number)])
+                    break
+                }
+                for server in running { try? await server.stop() }
+            }
+            try await group.waitForAll()
+        }
         try? FileManager.default.removeItem(atPath: socketPath)
         close(lock)
     }
