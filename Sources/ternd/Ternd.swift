@@ -68,16 +68,14 @@ struct Ternd: AsyncParsableCommand {
 
         let socketPath = socket ?? stateDirectory.appendingPathComponent("ternd.sock").path
         try? FileManager.default.removeItem(atPath: socketPath)
-        var servers = [
-            APIServer(router: APIRouter.make(host: host), address: .unixDomainSocket(path: socketPath), logger: logger)
-        ]
+        let router = APIRouter.make(host: host)
+        var servers = [APIServer(router: router, address: .unixDomainSocket(path: socketPath), logger: logger)]
         if let listen {
             let parts = listen.split(separator: ":")
             guard parts.count == 2, let port = Int(parts[1]) else {
                 throw ValidationError("--listen expects host:port, e.g. 127.0.0.1:7070")
             }
-            servers.append(
-                APIServer(router: APIRouter.make(host: host), address: .hostname(String(parts[0]), port: port), logger: logger))
+            servers.append(APIServer(router: router, address: .hostname(String(parts[0]), port: port), logger: logger))
         }
         logger.info(
             "ternd ready",
