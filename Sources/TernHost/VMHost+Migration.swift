@@ -86,8 +86,7 @@ extension VMHost {
             size = try writer.finish(ternVersion: Self.ternVersion)
         } catch {
             writer.discard()
-            try? await vm.cancelMigration()
-            await waitUntilSettled(vm)
+            await cancelIfUnfinished(vm)
             let state = await keepHere(name, vm, running: transfer.running)
             throw HostError.migrationFailed(name: name, phase: "save", reason: "\(error)", vmState: state)
         }
@@ -342,8 +341,7 @@ extension VMHost {
             var arrived: IncomingMigrationFinish?
             if let task = confirmation { arrived = await Self.value(of: task, within: .seconds(10)) }
             if arrived == nil {
-                try? await vm.cancelMigration()
-                await waitUntilSettled(vm)
+                await cancelIfUnfinished(vm)
                 _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
                 migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
                 let state = await keepHere(name, vm, running: transfer.running)
@@ -483,6 +481,16 @@ extension VMHost {
             }
             return "paused (it could not be resumed: \(error); try 'tern resume \(name)')"
         }
+    }
+
+    /// After a failure: cancels the migration if the hypervisor has not ended it itself, and waits
+    /// (bounded) until it has. (QEMU 7.2 with several connections never finishes cleaning up a
+    /// migration that failed on its own and was then cancelled: every later migration of that VM
+    /// is refused with "duplicate yank instance".)
+    private func cancelIfUnfinished(_ vm: any VirtualMachineInstance) async {
+        if let progress = try? await vm.migrationProgress(), progress.isFinished { return }
+        try? await vm.cancelMigration()
+        await waitUntilSettled(vm)
     }
 
     /// After a cancel: waits (bounded) until the hypervisor says the migration has ended.

@@ -160,7 +160,7 @@ public actor VMHost {
         destroying.insert(name)
         try await vm.destroy()
         _ = await vm.waitForExit()
-        await exited(name, .killed(signal: 9))
+        await exited(name, .killed(signal: 9), pid: vm.pid)
         return info(try find(name))
     }
 
@@ -209,12 +209,14 @@ public actor VMHost {
     func watch(_ name: String, _ vm: any VirtualMachineInstance) {
         Task {
             let exit = await vm.waitForExit()
-            await self.exited(name, exit)
+            await self.exited(name, exit, pid: vm.pid)
         }
     }
 
-    func exited(_ name: String, _ exit: VMExit) async {
-        guard instances[name] != nil else { return }
+    /// The hypervisor process `pid` of VM `name` has ended. (When it is not the VM's current
+    /// one, the VM has moved on — migrated away and back, saved and restored — and nothing changes.)
+    func exited(_ name: String, _ exit: VMExit, pid: Int32) async {
+        guard let current = instances[name], current.pid == pid else { return }
         if incoming[name] != nil {
             // The VM being received ended (its source vanished, or the stream was bad): nothing
             // of it is kept; the source still has the VM.

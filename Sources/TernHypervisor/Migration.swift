@@ -49,13 +49,14 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
     /// Settings for writing a stopped VM to a file: one connection, no cap.
     public static let save = MigrationParameters(connections: 1)
 
-    /// One connection per two host processors, at most four: each connection's sender and
-    /// receiver want a processor of their own, and the guest's vCPUs want theirs. (On a
-    /// two-processor host running the guest under TCG, a second connection made migrations
-    /// slower, not faster: see Benchmarks/migration.sh.)
-    public static var automaticConnections: Int {
-        max(1, min(4, ProcessInfo.processInfo.activeProcessorCount / 2))
-    }
+    /// One connection. Several are faster: on a two-processor host with a 1 GiB guest under TCG
+    /// (`Benchmarks/migration.sh`), four connections took about 125 ms instead of 150 for an idle
+    /// guest and 225 instead of 310 for one dirtying memory. But with QEMU 7.2, when the
+    /// destination dies during a migration over several connections, the source QEMU's migration
+    /// thread never finishes: the guest runs on, yet every later migration or save of it is
+    /// refused ("duplicate yank instance") until it restarts. A failed move must leave the VM
+    /// as movable as before, so several connections are only used when asked for.
+    public static let automaticConnections = 1
 
     /// These parameters with ``connections`` decided.
     public var resolved: MigrationParameters {

@@ -99,7 +99,13 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     public func destroy() async throws {
         ending.withLockedValue { if $0 == nil { $0 = "destroyed" } }
         _ = try? await client.execute("quit")
-        for _ in 0..<100 where Self.isAlive(pid) { try? await Task.sleep(for: .milliseconds(5)) }
+        // Up to half a second for QEMU to exit by itself, looked at every 2 ms (the end of a
+        // migration waits for this), then killed.
+        var tries = 0
+        while Self.isAlive(pid), tries < 250 {
+            try? await Task.sleep(for: .milliseconds(2))
+            tries += 1
+        }
         if Self.isAlive(pid) { kill(pid, SIGKILL) }
     }
 

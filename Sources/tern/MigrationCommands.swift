@@ -59,7 +59,7 @@ struct Migrate: AsyncParsableCommand {
     @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Longest pause allowed at the end.", valueName: "ms"))
     var maxDowntime: Int?
     @Option(help: ArgumentHelp("Bandwidth cap (default: none).", valueName: "MiB/s")) var bandwidth: Int?
-    @Option(help: ArgumentHelp("Parallel connections for the stream (default: one per two processors of the source host, at most 4).", valueName: "n"))
+    @Option(help: ArgumentHelp("Parallel connections for the stream (default: 1). Faster, but with QEMU 7.2 a VM whose migration over several connections failed cannot be moved or saved again until it restarts.", valueName: "n"))
     var connections: Int?
     @Flag(name: .customLong("auto-converge"), help: "Slow the guest down if it dirties memory faster than it can be sent.")
     var autoConverge = false
