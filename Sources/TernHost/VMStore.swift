@@ -28,6 +28,11 @@ struct VMRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
 
 /// The host's VM definitions and states, in SQLite under the state directory.
 ///
+/// The database is in WAL mode with `synchronous = NORMAL`: a state change costs no disk flush
+/// (several of them lie on a migration's critical path), and the database stays consistent
+/// whatever happens. A power cut may lose the last changes, but it also ends every VM, and
+/// ``VMHost/recover()`` reconciles the records with what is running at the next start.
+///
 /// Schema (migration "v1"): table `vm` with `name` (primary key), `definition`, `state`, `pid`,
 /// `guestCPU`, `reason`, `lastConsoleLines`, `updatedAt`.
 struct VMStore: Sendable {
@@ -35,7 +40,10 @@ struct VMStore: Sendable {
 
     init(path: String) throws {
         do {
-            queue = try DatabaseQueue(path: path)
+            var configuration = Configuration()
+            configuration.journalMode = .wal
+            configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+            queue = try DatabaseQueue(path: path, configuration: configuration)
             var migrator = DatabaseMigrator()
             migrator.registerMigration("v1") { db in
                 try db.create(table: "vm") { table in
