@@ -443,6 +443,17 @@ for c in idle dirty; do
     done
 done
 echo "virsh: $VIRSH_REASON"
+echo "Every run, in order (total ms / downtime ms); the first move of a freshly booted guest is the slowest:"
+for c in idle dirty; do
+    for m in tern qemu virsh; do
+        [[ -n ${RESULT[$m,$c,total]:-} ]] || continue
+        read -r -a totals <<<"${RESULT[$m,$c,total]}"
+        read -r -a downs <<<"${RESULT[$m,$c,downtime]}"
+        line=""
+        for ((k = 0; k < ${#totals[@]}; k++)); do line+=" ${totals[k]}/${downs[k]:-?}"; done
+        printf '  %-6s %-6s%s\n' "$c" "$m" "$line"
+    done
+done
 echo
 echo "Save and restore, ${MEMORY} MiB idle guest, medians of $RUNS runs"
 printf '%-6s %10s %12s %10s\n' method save_ms restore_ms file_MiB
