@@ -172,6 +172,29 @@ memtouch)
     ) &
     counter
     ;;
+memcheck)
+    # Memory that must come through a move intact: random data written once, then copied over
+    # and over (dirtying memory like memtouch) and every copy, and the original, checked
+    # against the original's first checksum.
+    mkdir -p /mnt/dirty
+    mount -t tmpfs -o size=$((2 * DIRTY_MB + 1))m tmpfs /mnt/dirty
+    dd if=/dev/urandom of=/mnt/dirty/ref bs=1M count="$DIRTY_MB" 2>/dev/null
+    want=$(md5sum </mnt/dirty/ref)
+    say "memcheck dirty_mb=$DIRTY_MB"
+    (
+        pass=0
+        while :; do
+            cp /mnt/dirty/ref /mnt/dirty/copy
+            pass=$((pass + 1))
+            if [ "$(md5sum </mnt/dirty/copy)" = "$want" ] && [ "$(md5sum </mnt/dirty/ref)" = "$want" ]; then
+                say "memcheck pass $pass ok"
+            else
+                say "memcheck pass $pass MISMATCH"
+            fi
+        done
+    ) &
+    counter
+    ;;
 *)
     say "error unknown mode $MODE"
     off
