@@ -298,11 +298,11 @@ extension VMHost {
         let begin = clock.now
         let (record, vm) = try running(name, action: "migrate")
         let transfer = try transfer(record)
-        try refuseUnsafeDowntime(name, transfer, request.parameters)
         let destination = APIClient(endpoint: try APIClient.Endpoint(request.destination))
         if let directory = request.quickDirectory {
             return try await quickMigrate(name, to: destination, request: request, through: directory, begin: begin)
         }
+        try refuseUnsafeDowntime(name, transfer, request.parameters)
         moving.insert(name)
         defer { moving.remove(name) }
         migrations[name] = MigrationProgress(status: .setup)
@@ -506,10 +506,8 @@ extension VMHost {
         }
     }
 
-    /// After a failure: cancels the migration if the hypervisor has not ended it itself, and waits
-    /// (bounded) until it has. (QEMU 7.2 with several connections never finishes cleaning up a
-    /// migration that failed on its own and was then cancelled: every later migration of that VM
-    /// is refused with "duplicate yank instance".)
+    /// After a failure: cancels the migration unless the hypervisor has already ended it (failed
+    /// or cancelled), and waits (bounded) until it has.
     private func cancelIfUnfinished(_ vm: any VirtualMachineInstance) async {
         if let progress = try? await vm.migrationProgress(), progress.isFinished { return }
         try? await vm.cancelMigration()
