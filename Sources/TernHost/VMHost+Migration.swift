@@ -302,7 +302,11 @@ extension VMHost {
         if let directory = request.quickDirectory {
             return try await quickMigrate(name, to: destination, request: request, through: directory, begin: begin)
         }
-        try refuseUnsafeDowntime(name, transfer, request.parameters)
+        if transfer.running,
+            let hazard = hypervisor.liveMigrationHazard(guestFeatures: transfer.cpu.features, parameters: request.parameters)
+        {
+            throw HostError.unsafeMigration(name: name, reason: hazard)
+        }
         moving.insert(name)
         defer { moving.remove(name) }
         migrations[name] = MigrationProgress(status: .setup)
@@ -387,28 +391,6 @@ extension VMHost {
             prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
             downtimeMs: transfer.running ? downtimeMs : 0, bytes: last.transferredBytes, rounds: last.rounds,
             throughputMiBps: transferMs > 0 ? Double(last.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
-    }
-
-    /// The shortest `--max-downtime` allowed for a TCG guest whose CPU has XSAVE: QEMU's default.
-    static let shortestSafeTCGDowntimeMs = 300
-
-    /// Under TCG, QEMU 7.2 loses some of a guest's memory writes during a live migration that
-    /// runs many rounds, when the guest's CPU has XSAVE. Measured with the test guest's
-    /// `memcheck` mode (1 GiB, 32 MiB rewritten and checked over and over) and a downtime limit
-    /// of 20 ms: checksum mismatches or a guest kernel oops in each of 5 runs of 8–10 moves with
-    /// plain QEMU, and at the third move in both runs through Tern; with XSAVE withheld (or
-    /// `-cpu qemu64`), none in 20 moves; with QEMU's default limit (300 ms) through Tern, none
-    /// in 16 moves. A short limit makes QEMU run more rounds, so it is refused for such a guest
-    /// before anything moves.
-    private func refuseUnsafeDowntime(_ name: String, _ transfer: VMTransfer, _ parameters: MigrationParameters) throws {
-        guard let limit = parameters.maxDowntimeMs, limit < Self.shortestSafeTCGDowntimeMs, hypervisor.accelerator == .tcg,
-            transfer.cpu.features.contains("xsave"), transfer.running
-        else { return }
-        throw HostError.unsafeMigration(
-            name: name,
-            reason: "under TCG, a live migration with a downtime limit below \(Self.shortestSafeTCGDowntimeMs) ms loses "
-                + "guest memory writes for a guest whose CPU has XSAVE (QEMU 7.2); use --max-downtime "
-                + "\(Self.shortestSafeTCGDowntimeMs) or more, or none")
     }
 
     /// Quick migration: save to a file in `directory` (which the destination must see too), restore

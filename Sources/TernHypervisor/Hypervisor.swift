@@ -28,6 +28,11 @@ public protocol Hypervisor: Sendable {
 
     /// Reattaches to a VM started earlier (by a previous daemon), or fails if it is gone.
     func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance
+
+    /// Why a live migration of a running guest with these CPU features (canonical names) and
+    /// parameters would damage it here, or nil when no such reason is known. Asked before
+    /// anything moves.
+    func liveMigrationHazard(guestFeatures: [String], parameters: MigrationParameters) -> String?
 }
 
 /// One running VM.
