@@ -56,7 +56,7 @@ struct Migrate: AsyncParsableCommand {
     @Argument(help: "The VM's name.") var name: String
     @Option(help: ArgumentHelp("The destination ternd: its socket path or tcp://host:port.", valueName: "uri")) var to: String
     @Flag(help: "Show progress while migrating.") var verbose = false
-    @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Longest pause allowed at the end.", valueName: "ms"))
+    @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Longest pause allowed at the end (under TCG, at least 300 for a guest with XSAVE: shorter ones lose its memory writes).", valueName: "ms"))
     var maxDowntime: Int?
     @Option(help: ArgumentHelp("Bandwidth cap (default: none).", valueName: "MiB/s")) var bandwidth: Int?
     @Option(help: ArgumentHelp("Parallel connections for the stream (default: 1). Faster, but with QEMU 7.2 a VM whose migration over several connections failed cannot be moved or saved again until it restarts.", valueName: "n"))
