@@ -50,8 +50,8 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
     public static let save = MigrationParameters(connections: 1)
 
     /// One connection. Several are faster: on a two-processor host with a 1 GiB guest under TCG
-    /// (`tern migrate`, medians of 9 moves), four connections took about 125 ms instead of 150 for an idle
-    /// guest and 225 instead of 310 for one dirtying memory. But with QEMU 7.2, when the
+    /// (`tern migrate`, medians of 9 moves), four connections took about 125 ms instead of 150
+    /// for an idle guest and 225 instead of 310 for one dirtying memory. But with QEMU 7.2, when the
     /// destination dies during a migration over several connections, the source QEMU's migration
     /// thread never finishes: the guest runs on, yet every later migration or save of it is
     /// refused ("duplicate yank instance") until it restarts. A failed move must leave the VM

@@ -85,6 +85,15 @@ public func tern(arguments: [String], stdin: String? = nil, timeout: Double = 12
 /// The test guest: Debian's cloud kernel and a busybox initramfs, built by
 /// `scripts/build-guest.sh` (once; it rebuilds only when its inputs change).
 public enum TestGuest {
+    /// The numbers the guest printed after `marker` (`"counter "`, `"memcheck pass "` …), in
+    /// console order.
+    public static func numbers(after marker: String, in text: String) -> [Int] {
+        text.split(whereSeparator: \.isNewline).compactMap { line -> Int? in
+            guard let range = line.range(of: "TERN-GUEST: \(marker)") else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+    }
+
     public static let directory = packageRoot.appendingPathComponent(".build-guest")
     public static var kernel: String { directory.appendingPathComponent("vmlinuz").path }
     public static var initrd: String { directory.appendingPathComponent("initramfs.cpio.gz").path }

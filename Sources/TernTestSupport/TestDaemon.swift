@@ -121,10 +121,7 @@ public final class TestDaemon: @unchecked Sendable {
 
     /// The highest `TERN-GUEST: counter N` the VM printed so far.
     public func lastCounter(_ name: String) -> Int {
-        consoleLog(name).split(whereSeparator: \.isNewline).compactMap { line -> Int? in
-            guard let range = line.range(of: "TERN-GUEST: counter ") else { return nil }
-            return Int(line[range.upperBound...].trimmingCharacters(in: .whitespacesAndNewlines))
-        }.max() ?? 0
+        TestGuest.numbers(after: "counter ", in: consoleLog(name)).max() ?? 0
     }
 }
 

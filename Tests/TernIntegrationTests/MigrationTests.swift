@@ -71,12 +71,7 @@ import Glibc
     }
 
     /// Every counter value in console text, in order.
-    static func counters(_ text: String) -> [Int] {
-        text.split(whereSeparator: \.isNewline).compactMap { line -> Int? in
-            guard let range = line.range(of: "TERN-GUEST: counter ") else { return nil }
-            return Int(line[range.upperBound...].trimmingCharacters(in: .whitespacesAndNewlines))
-        }
-    }
+    static func counters(_ text: String) -> [Int] { TestGuest.numbers(after: "counter ", in: text) }
 
     /// The VM moved from `source` to `destination` and went on counting: the two console logs
     /// together count 1, 2, 3 … with no value missing or repeated, and the destination's log
@@ -139,7 +134,7 @@ import Glibc
                 var passes: [Int] = []
                 for _ in 0..<300 where passes.isEmpty {
                     Thread.sleep(forTimeInterval: 0.1)
-                    passes = Self.memcheckPasses(to.consoleLog("keeper"))
+                    passes = TestGuest.numbers(after: "memcheck pass ", in: to.consoleLog("keeper"))
                 }
                 let first = try #require(passes.first, "move \(move): no pass completed on the destination")
                 #expect(to.waitForConsole("keeper", "TERN-GUEST: memcheck pass \(first + 2) "), "move \(move): no more passes")
@@ -147,14 +142,6 @@ import Glibc
                 #expect(!log.contains("MISMATCH") && !log.contains("Oops") && !log.contains("Kernel panic"), "move \(move): \(log.suffix(600))")
                 (from, to) = (to, from)
             }
-        }
-    }
-
-    /// The pass numbers of memcheck lines in console text.
-    static func memcheckPasses(_ text: String) -> [Int] {
-        text.split(whereSeparator: \.isNewline).compactMap { line -> Int? in
-            guard let range = line.range(of: "TERN-GUEST: memcheck pass ") else { return nil }
-            return Int(line[range.upperBound...].prefix { $0.isNumber })
         }
     }
 
