@@ -250,7 +250,7 @@ public struct MigrationReport: Codable, Sendable {
     /// The VM as the destination now reports it.
     public var vm: VMInfo
     public var destination: String
-    /// live or quick.
+    /// live, non-live (the guest paused for the transfer) or quick.
     public var kind: String
     /// From the request to the source forgetting its copy.
     public var totalMs: Int
@@ -260,12 +260,14 @@ public struct MigrationReport: Codable, Sendable {
     public var transferMs: Int
     /// From the end of the stream to the destination's confirmation that the guest runs.
     public var confirmMs: Int
-    /// How long the guest was stopped.
+    /// How long the guest was stopped (all of it, including any pause while the stream started).
     public var downtimeMs: Int
     public var bytes: Int
     public var rounds: Int
     /// Average over the transfer, MiB/s.
     public var throughputMiBps: Double
+    /// Something the user should know about how the move went (e.g. why it was made again).
+    public var note: String?
 
     public init(
         vm: VMInfo, destination: String, kind: String, totalMs: Int, prepareMs: Int, transferMs: Int, confirmMs: Int,

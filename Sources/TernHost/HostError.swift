@@ -16,8 +16,6 @@ public enum HostError: Error, Sendable, CustomStringConvertible {
     case migrationFailed(name: String, phase: String, reason: String, vmState: String)
     /// A save file's content (not its format) is unusable.
     case badSaveFile(path: String, reason: String)
-    /// A move asked for in a way known to damage the guest; nothing was started.
-    case unsafeMigration(name: String, reason: String)
 
     public var description: String {
         switch self {
@@ -31,7 +29,6 @@ public enum HostError: Error, Sendable, CustomStringConvertible {
         case let .migrationFailed(name, phase, reason, vmState):
             "moving VM '\(name)' failed during \(phase): \(reason); the VM is \(vmState) on the source"
         case let .badSaveFile(path, reason): "\(path): \(reason)"
-        case let .unsafeMigration(name, reason): "refused to move VM '\(name)': \(reason); it goes on running here"
         }
     }
 }

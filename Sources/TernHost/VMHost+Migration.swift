@@ -71,8 +71,6 @@ extension VMHost {
         let size: Int
         do {
             try writer.listen(at: socket)
-            // Stopped first (as virsh save does): the state is written once, with no dirty passes.
-            if transfer.running { try await vm.pause() }
             let receiving = Task { try await writer.receiveStream(cancellation: cancellation) }
             do {
                 try await vm.migrate(to: .unixSocket(socket), parameters: .save)
@@ -291,26 +289,53 @@ extension VMHost {
 
     /// Live migration to the daemon at `request.destination` (or quick migration with
     /// `request.quickDirectory`). The VM stays here until the destination confirms it runs.
+    ///
+    /// Where the hypervisor's dirty-page tracking is exact only up to some number of passes
+    /// (``Hypervisor/exactLiveMigrationPasses``), a live move that needed more is not
+    /// committed: the destination discards its copy, the guest runs on here, and the move is
+    /// made again with the guest paused for the transfer.
     public func migrate(_ name: String, _ request: MigrateRequest) async throws -> MigrationReport {
         var request = request
         request.parameters = request.parameters.resolved
-        let clock = ContinuousClock()
-        let begin = clock.now
+        let begin = ContinuousClock.now
         let (record, vm) = try running(name, action: "migrate")
         let transfer = try transfer(record)
         let destination = APIClient(endpoint: try APIClient.Endpoint(request.destination))
         if let directory = request.quickDirectory {
             return try await quickMigrate(name, to: destination, request: request, through: directory, begin: begin)
         }
-        if transfer.running,
-            let hazard = hypervisor.liveMigrationHazard(guestFeatures: transfer.cpu.features, parameters: request.parameters)
-        {
-            throw HostError.unsafeMigration(name: name, reason: hazard)
-        }
         moving.insert(name)
         defer { moving.remove(name) }
+        do {
+            return try await stream(name, vm, transfer, to: destination, request, begin: begin)
+        } catch let inexact as InexactCopy {
+            var again = request
+            again.parameters.live = false
+            var report = try await stream(name, vm, transfer, to: destination, again, begin: begin)
+            report.note =
+                "the live attempt made \(inexact.passes) passes over memory, but this hypervisor's dirty-page "
+                + "tracking is exact only up to \(inexact.exactPasses); moved again with the guest paused for the transfer"
+            return report
+        }
+    }
+
+    /// A live move whose copy cannot be trusted (more passes than the hypervisor tracks exactly);
+    /// the destination has discarded it and the guest runs here again.
+    private struct InexactCopy: Error {
+        var passes: Int
+        var exactPasses: Int
+    }
+
+    /// One attempt at moving the VM over a migration stream.
+    private func stream(
+        _ name: String, _ vm: any VirtualMachineInstance, _ transfer: VMTransfer, to destination: APIClient,
+        _ request: MigrateRequest, begin: ContinuousClock.Instant
+    ) async throws -> MigrationReport {
+        let clock = ContinuousClock()
         migrations[name] = MigrationProgress(status: .setup)
         let vmState = transfer.running ? "running" : "paused"
+        // Passes beyond which this copy could miss guest writes (nil: no such limit).
+        let exactPasses = transfer.running && request.parameters.live ? hypervisor.exactLiveMigrationPasses : nil
 
         // 1. The destination runs the compatibility check and prepares; nothing moves before.
         let reply: IncomingMigrationReply
@@ -324,19 +349,21 @@ extension VMHost {
         }
 
         // 2. The stream. 3. The word to resume: sent as soon as the source has stopped the guest
-        // for its last pass; the destination resumes once it has all of the state, and says so.
+        // for its last pass (the destination resumes once it has all of the state, and says so),
+        // or, when the copy's exactness depends on the passes made, once they are known.
         var final: MigrationProgress?
         let transferBegin = clock.now
         var confirmBegin = clock.now
         var confirmation: Task<IncomingMigrationFinish, any Error>?
         let finishPath = "/migrations/incoming/\(name)/finish"
+        var setupPause = Duration.zero
         do {
-            try await vm.migrate(to: reply.address, parameters: request.parameters)
+            setupPause = try await vm.migrate(to: reply.address, parameters: request.parameters)
             final = try await follow(
                 name, vm, timeoutSeconds: request.timeoutSeconds.map { max(1, $0 - seconds(clock.now - begin)) },
-                postcopy: request.parameters.postcopy
+                postcopy: request.parameters.postcopy, postcopyAfterPasses: exactPasses == nil ? 2 : 1
             ) {
-                if confirmation == nil {
+                if confirmation == nil, exactPasses == nil {
                     confirmBegin = ContinuousClock.now
                     confirmation = Task { try await destination.post(finishPath) }
                 }
@@ -352,6 +379,18 @@ extension VMHost {
                 let state = await keepHere(name, vm, running: transfer.running)
                 throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: state)
             }
+        }
+        // Post-copy has the guest running there already: that copy is the one now.
+        if let exactPasses, let final, !request.parameters.postcopy, final.rounds > exactPasses {
+            _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            let state = await keepHere(name, vm, running: true)
+            guard state == "running" else {
+                throw HostError.migrationFailed(
+                    name: name, phase: "the transfer",
+                    reason: "\(final.rounds) passes over memory, more than the \(exactPasses) this hypervisor tracks exactly",
+                    vmState: state)
+            }
+            throw InexactCopy(passes: final.rounds, exactPasses: exactPasses)
         }
         let transferMs = milliseconds(clock.now - transferBegin)
         if confirmation == nil {
@@ -382,13 +421,15 @@ extension VMHost {
         if let stopped = vm.lastStopped, let resumed = remote.resumedAt, resumed >= stopped, resumed - stopped < 3600 {
             downtimeMs = Int(((resumed - stopped) * 1000).rounded())
         }
+        // A pause while the migration started (the hypervisor's dirty tracking needs one) counts too.
+        downtimeMs += milliseconds(setupPause)
 
         // 4. Only now does this host stop and forget its copy.
         await forget(name, vm)
         let totalMs = milliseconds(clock.now - begin)
         return MigrationReport(
-            vm: remote.vm, destination: request.destination, kind: "live", totalMs: totalMs,
-            prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
+            vm: remote.vm, destination: request.destination, kind: request.parameters.live ? "live" : "non-live",
+            totalMs: totalMs, prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
             downtimeMs: transfer.running ? downtimeMs : 0, bytes: last.transferredBytes, rounds: last.rounds,
             throughputMiBps: transferMs > 0 ? Double(last.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
     }
@@ -429,7 +470,7 @@ extension VMHost {
     /// stalls, or runs past its time limit.
     private func follow(
         _ name: String, _ vm: any VirtualMachineInstance, timeoutSeconds: Int?, postcopy: Bool,
-        onFinalPhase: () -> Void = {}
+        postcopyAfterPasses: Int = 2, onFinalPhase: () -> Void = {}
     ) async throws -> MigrationProgress {
         let clock = ContinuousClock()
         let begin = clock.now
@@ -458,7 +499,7 @@ extension VMHost {
             if let timeoutSeconds, progress.status != .completing, now - begin > .seconds(timeoutSeconds) {
                 throw HypervisorError.timeout("the migration to finish (--timeout \(timeoutSeconds) s)")
             }
-            if postcopy, !switchedToPostcopy, progress.status == .active, progress.rounds >= 2 {
+            if postcopy, !switchedToPostcopy, progress.status == .active, progress.rounds >= postcopyAfterPasses {
                 try await vm.switchToPostcopy()
                 switchedToPostcopy = true
             }

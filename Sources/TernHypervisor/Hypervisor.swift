@@ -29,10 +29,11 @@ public protocol Hypervisor: Sendable {
     /// Reattaches to a VM started earlier (by a previous daemon), or fails if it is gone.
     func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance
 
-    /// Why a live migration of a running guest with these CPU features (canonical names) and
-    /// parameters would damage it here, or nil when no such reason is known. Asked before
-    /// anything moves.
-    func liveMigrationHazard(guestFeatures: [String], parameters: MigrationParameters) -> String?
+    /// How many passes over guest memory (the first and the last included) a live migration of
+    /// a running guest may make and still deliver an exact copy of its memory; nil when any
+    /// number may. A move that needed more is not committed: the guest goes on running here and
+    /// is moved again without running during the transfer (``MigrationParameters/live`` false).
+    var exactLiveMigrationPasses: Int? { get }
 }
 
 /// One running VM.
@@ -54,8 +55,13 @@ public protocol VirtualMachineInstance: Sendable {
     /// The features the guest was really given, read back from the running hypervisor.
     func guestFeatures() async throws -> [String]
     /// Sends the VM's state to `address` (where an incoming VM or a save file waits). A running
-    /// guest keeps running until the last pass; once completed it stays stopped here.
-    func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws
+    /// guest keeps running until the last pass (unless `parameters.live` is false: then it is
+    /// paused first); once completed it stays stopped here.
+    ///
+    /// - Returns: how long a running guest was paused while the migration started, if the
+    ///   hypervisor needs such a pause for a live migration (zero otherwise).
+    @discardableResult
+    func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws -> Duration
     /// Where the current migration (outgoing, or incoming for an incoming VM) stands.
     func migrationProgress() async throws -> MigrationProgress
     /// Waits until the migration's state may have changed (the hypervisor says so, or the guest

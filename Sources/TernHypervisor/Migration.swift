@@ -34,20 +34,42 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
     /// Switch to post-copy (the guest runs on the destination while the rest of its memory
     /// follows on demand) when pre-copy does not converge.
     public var postcopy: Bool
+    /// The guest runs during the transfer (libvirt's live migration). When false, it is paused
+    /// from the start of the transfer until it resumes on the destination: a longer pause, but
+    /// one pass over memory, and nothing the guest writes can be missed.
+    public var live: Bool
 
     public init(
         maxDowntimeMs: Int? = nil, bandwidthMiBps: Int? = nil, connections: Int? = nil, autoConverge: Bool = false,
-        postcopy: Bool = false
+        postcopy: Bool = false, live: Bool = true
     ) {
         self.maxDowntimeMs = maxDowntimeMs
         self.bandwidthMiBps = bandwidthMiBps
         self.connections = connections
         self.autoConverge = autoConverge
         self.postcopy = postcopy
+        self.live = live
     }
 
-    /// Settings for writing a stopped VM to a file: one connection, no cap.
-    public static let save = MigrationParameters(connections: 1)
+    private enum CodingKeys: String, CodingKey {
+        case maxDowntimeMs, bandwidthMiBps, connections, autoConverge, postcopy, live
+    }
+
+    /// Absent keys take their defaults, so a request from an older client still reads.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(
+            maxDowntimeMs: try container.decodeIfPresent(Int.self, forKey: .maxDowntimeMs),
+            bandwidthMiBps: try container.decodeIfPresent(Int.self, forKey: .bandwidthMiBps),
+            connections: try container.decodeIfPresent(Int.self, forKey: .connections),
+            autoConverge: try container.decodeIfPresent(Bool.self, forKey: .autoConverge) ?? false,
+            postcopy: try container.decodeIfPresent(Bool.self, forKey: .postcopy) ?? false,
+            live: try container.decodeIfPresent(Bool.self, forKey: .live) ?? true)
+    }
+
+    /// Settings for writing a VM to a file: one connection, no cap, and the guest stopped first
+    /// (as virsh save does), so that its state is written once, with no dirty passes.
+    public static let save = MigrationParameters(connections: 1, live: false)
 
     /// One connection. Several are faster: on a two-processor host with a 1 GiB guest under TCG
     /// (`tern migrate`, medians of 9 moves), four connections took about 125 ms instead of 150

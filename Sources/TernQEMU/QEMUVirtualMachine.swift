@@ -31,8 +31,15 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     public var lastResumed: Double? { transitions.withLockedValue { $0.resumed } }
     /// Woken by QEMU's MIGRATION and STOP events.
     private let migrationSignal = Signal()
+    /// A running guest is paused while an outgoing live migration starts tracking dirty pages
+    /// (TCG: see ``QEMUHypervisor/exactLiveMigrationPasses``).
+    let pausesForTrackingSetup: Bool
 
-    init(name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?) {
+    init(
+        name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?,
+        pausesForTrackingSetup: Bool
+    ) {
+        self.pausesForTrackingSetup = pausesForTrackingSetup
         self.name = name
         self.pid = pid
         self.client = client
@@ -142,9 +149,41 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     // MARK: - Migration
 
-    public func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws {
+    /// Under TCG the vCPU's TLB may let stores skip dirty tracking for pages that were dirty
+    /// when their entries were made, and before a migration every page is. The first pass
+    /// clears every dirty bit, so a guest running through it could write to pages already sent
+    /// without a trace. QEMU flushes the vCPUs' TLBs when tracking starts; with the guest paused
+    /// from before that flush until the first pass is over, every later first write to a page
+    /// is recorded. The pause lasts as long as QEMU's setup (a few milliseconds).
+    @discardableResult
+    public func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws -> Duration {
         try await configureMigration(parameters, outgoing: true)
-        try await client.execute("migrate", ["uri": .string(address.qemuURI)])
+        let running = try await runState() == .running
+        let pauseForSetup = running && parameters.live && pausesForTrackingSetup
+        let pausedHere = running && (!parameters.live || pauseForSetup)
+        if pausedHere { try await pause() }
+        let paused = ContinuousClock.now
+        do {
+            try await client.execute("migrate", ["uri": .string(address.qemuURI)])
+        } catch {
+            if pausedHere { _ = try? await client.execute("cont") }
+            throw error
+        }
+        guard pauseForSetup else { return .zero }
+        // QEMU reports "setup" until its first pass is done.
+        var progress = try await migrationProgress()
+        while progress.status == .setup {
+            await waitForMigrationChange(upTo: .milliseconds(5))
+            progress = try await migrationProgress()
+        }
+        guard progress.status == .active else { return ContinuousClock.now - paused }
+        do {
+            try await client.execute("cont")
+        } catch {
+            // "Not finalized": already in its last pass, which stops the guest anyway.
+            guard case QMPError.commandFailed(_, _, let message) = error, message.contains("not finalized") else { throw error }
+        }
+        return ContinuousClock.now - paused
     }
 
     public func migrationProgress() async throws -> MigrationProgress {

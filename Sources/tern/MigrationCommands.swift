@@ -52,18 +52,27 @@ struct Migrate: AsyncParsableCommand {
             The destination first runs the processor compatibility check (the features the VM has now \
             against what it can offer) and prepares; only then does the state move. Until the destination \
             confirms the VM runs there, the VM stays here: if anything fails it keeps running on this host.
+
+            Under TCG, QEMU's dirty-page tracking misses guest writes once a live migration makes more \
+            than 3 passes over memory. Such a move is not committed: the guest runs on here and is moved \
+            again with it paused for the transfer (the report says so).
             """)
     @Argument(help: "The VM's name.") var name: String
     @Option(help: ArgumentHelp("The destination ternd: its socket path or tcp://host:port.", valueName: "uri")) var to: String
     @Flag(help: "Show progress while migrating.") var verbose = false
-    @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Longest pause allowed at the end (under TCG, at least 300 for a guest with XSAVE: shorter ones lose its memory writes).", valueName: "ms"))
+    @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Longest pause allowed at the end.", valueName: "ms"))
     var maxDowntime: Int?
     @Option(help: ArgumentHelp("Bandwidth cap (default: none).", valueName: "MiB/s")) var bandwidth: Int?
     @Option(help: ArgumentHelp("Parallel connections for the stream (default: 1). Faster, but with QEMU 7.2 a VM whose migration over several connections failed cannot be moved or saved again until it restarts.", valueName: "n"))
     var connections: Int?
     @Flag(name: .customLong("auto-converge"), help: "Slow the guest down if it dirties memory faster than it can be sent.")
     var autoConverge = false
-    @Flag(help: "Switch to post-copy after the first pass (the guest runs on the destination sooner).") var postcopy = false
+    @Flag(help: "Switch to post-copy after the first pass (under TCG: during it; the guest runs on the destination sooner).")
+    var postcopy = false
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Keep the guest running during the transfer (--no-live: pause it until it resumes on the destination).")
+    var live = true
     @Option(help: ArgumentHelp("Give up after this long (the VM stays here).", valueName: "s")) var timeout: Int?
     @Option(
         help: ArgumentHelp(
@@ -82,7 +91,7 @@ struct Migrate: AsyncParsableCommand {
             destination: to,
             parameters: MigrationParameters(
                 maxDowntimeMs: maxDowntime, bandwidthMiBps: bandwidth, connections: connections, autoConverge: autoConverge,
-                postcopy: postcopy),
+                postcopy: postcopy, live: live),
             timeoutSeconds: timeout, quickDirectory: quick.map(absolutePath))
         let migration = Task { () throws -> MigrationReport in try await client.post(path(name, "migrate"), body: request) }
         if verbose {
@@ -109,6 +118,7 @@ struct Migrate: AsyncParsableCommand {
         print(
             "  transferred  \(mebibytes(report.bytes)) in \(report.rounds) round\(report.rounds == 1 ? "" : "s") "
                 + String(format: "(%.1f MiB/s)", report.throughputMiBps))
+        if let note = report.note { print("  note         \(note)") }
     }
 
     /// One progress line, as `virsh migrate --verbose` shows it, with the figures behind it.

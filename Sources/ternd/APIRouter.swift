@@ -95,7 +95,6 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .incompatibleCPU: return (.unprocessableContent, "incompatible-cpu")
             case .migrationFailed: return (.badGateway, "migration-failed")
             case .badSaveFile: return (.badRequest, "bad-save-file")
-            case .unsafeMigration: return (.badRequest, "unsafe-migration")
             }
         case is SaveFileError: return (.badRequest, "bad-save-file")
         case is VMDefinitionError: return (.badRequest, "invalid-definition")

@@ -7,16 +7,23 @@ import TernHypervisor
 import Testing
 @testable import TernQEMU
 
-/// A scripted QMP server on a unix socket: greets, then answers each command by name.
+/// A scripted QMP server on a unix socket: greets, then answers each command by name. With
+/// `running`, the guest runs (until a `stop`) and an outgoing migration is in setup for its
+/// first query, then active.
 final class FakeQMPServer: Sendable {
     let path: String
     let channel: any Channel
+    /// Every command received, in order.
+    let commands = NIOLockedValueBox<[String]>([])
 
-    init() async throws {
+    init(running: Bool = false) async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("qmp-\(UUID().uuidString.prefix(8)).sock").path
+        let commands = self.commands
         channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Handler()) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Handler(running: running, commands: commands))
+                }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
     }
@@ -30,7 +37,16 @@ final class FakeQMPServer: Sendable {
         typealias InboundIn = ByteBuffer
         typealias OutboundOut = ByteBuffer
         /// `cont` is refused this many times, as QEMU refuses it just after a migration completed.
-        let refusedConts = NIOLockedValueBox(3)
+        let refusedConts: NIOLockedValueBox<Int>
+        let running: NIOLockedValueBox<Bool>
+        let migrationQueries = NIOLockedValueBox(0)
+        let commands: NIOLockedValueBox<[String]>
+
+        init(running: Bool, commands: NIOLockedValueBox<[String]>) {
+            self.running = NIOLockedValueBox(running)
+            refusedConts = NIOLockedValueBox(running ? 0 : 3)
+            self.commands = commands
+        }
 
         func channelActive(context: ChannelHandlerContext) {
             send(context, #"{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}"#)
@@ -42,10 +58,22 @@ final class FakeQMPServer: Sendable {
                 guard let message = try? JSONDecoder().decode(JSONValue.self, from: Data(line.utf8)),
                     let command = message["execute"]?.string, let id = message["id"]?.int
                 else { continue }
+                commands.withLockedValue { $0.append(command) }
                 switch command {
+                case "query-status" where running.withLockedValue({ $0 }):
+                    send(context, #"{"return": {"status": "running", "running": true}, "id": \#(id)}"#)
                 case "query-status":
                     send(context, #"{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}"#)
                     send(context, #"{"return": {"status": "paused", "running": false}, "id": \#(id)}"#)
+                case "stop":
+                    running.withLockedValue { $0 = false }
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
+                case "query-migrate":
+                    let queries = migrationQueries.withLockedValue { count in
+                        count += 1
+                        return count
+                    }
+                    send(context, #"{"return": {"status": "\#(queries == 1 ? "setup" : "active")"}, "id": \#(id)}"#)
                 case "cont":
                     let refuse = refusedConts.withLockedValue { left in
                         defer { left -= 1 }
@@ -54,6 +82,7 @@ final class FakeQMPServer: Sendable {
                     if refuse {
                         send(context, #"{"error": {"class": "GenericError", "desc": "Migration is not finalized yet"}, "id": \#(id)}"#)
                     } else {
+                        running.withLockedValue { $0 = true }
                         send(context, #"{"return": {}, "id": \#(id)}"#)
                     }
                 case "boom":
@@ -141,8 +170,25 @@ final class FakeQMPServer: Sendable {
         let client = try await QMPClient.connect(path: server.path)
         let vm = QEMUVirtualMachine(
             name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
-            map: try CPUMap.builtin(), child: nil)
+            map: try CPUMap.builtin(), child: nil, pausesForTrackingSetup: false)
         try await vm.resume()  // refused three times, then accepted
+        await client.close()
+        await server.close()
+    }
+
+    /// Under TCG a running guest is paused while QEMU starts tracking dirty pages (its first
+    /// pass), and resumed as soon as that is done; elsewhere it is not paused at all, and a
+    /// non-live migration pauses it and leaves it paused.
+    @Test(arguments: [(true, true, ["stop", "migrate", "cont"]), (false, true, ["migrate"]), (false, false, ["stop", "migrate"])])
+    func aMigrationPausesTheGuestOnlyWhenItMust(pausesForTrackingSetup: Bool, live: Bool, expected: [String]) async throws {
+        let server = try await FakeQMPServer(running: true)
+        let client = try await QMPClient.connect(path: server.path)
+        let vm = QEMUVirtualMachine(
+            name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+            map: try CPUMap.builtin(), child: nil, pausesForTrackingSetup: pausesForTrackingSetup)
+        try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters(live: live))
+        let sent = server.commands.withLockedValue { $0 }.filter { ["stop", "migrate", "cont"].contains($0) }
+        #expect(sent == expected)
         await client.close()
         await server.close()
     }
