@@ -160,6 +160,10 @@ extension VMHost {
             // it has all of it (and never if the stream fails); asked after, at once.
             if resumes { try await vm.resume() }
             try await waitUntilReceived(name, vm)
+            // A guest paused on the source when its last pass began (a non-live move, or one
+            // whose first pass was made paused and finished at once) arrives marked paused, and
+            // the hypervisor then keeps it paused despite the word to resume: say it again.
+            if resumes, try await vm.runState() == .paused { try await vm.resume() }
             let resumed = ContinuousClock.now
             let state = try await vm.runState()
             guard state == .running || state == .paused else {
@@ -182,7 +186,7 @@ extension VMHost {
 
     /// Destination: gives up an incoming VM (the source keeps it).
     public func abortIncoming(_ name: String) async throws -> VMInfo {
-        guard incoming[name] != nil else {
+        guard incoming[name] != nil || discarding[name] != nil else {
             throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "abort receiving")
         }
         await discardIncoming(name)
@@ -197,6 +201,8 @@ extension VMHost {
         _ name: String, definition: VMDefinition, cpu: GuestCPU, cpuInfo: GuestCPUInfo, address: MigrationAddress,
         parameters: MigrationParameters, autostart: Bool, timeoutSeconds: Int?
     ) async throws -> (any VirtualMachineInstance, MigrationAddress) {
+        // The last incoming VM of this name may still be on its way out.
+        if let underway = discarding[name] { await underway.value }
         let previous = try store.find(name)
         if let previous, previous.state != "shutoff" && previous.state != "crashed" {
             throw HostError.invalidState(name: name, state: previous.state, action: "receive another")
@@ -267,22 +273,30 @@ extension VMHost {
         return record
     }
 
-    /// Ends an incoming VM and puts back what was there before.
+    /// Ends an incoming VM and puts back what was there before. Returns once that is done, also
+    /// when another caller (the source's abort, the VM's own exit) started it.
     func discardIncoming(_ name: String) async {
+        if let underway = discarding[name] { return await underway.value }
         guard let previous = incoming[name] else { return }
-        incoming[name] = nil
-        resumeOnArrival[name] = nil
-        if let vm = instances[name] {
-            instances[name] = nil
-            try? await vm.destroy()
-            _ = await vm.waitForExit()
+        let vm = instances[name]
+        instances[name] = nil
+        let discard = Task {
+            if let vm {
+                try? await vm.destroy()
+                _ = await vm.waitForExit()
+            }
+            if let previous {
+                try? store.save(previous)
+            } else {
+                try? store.delete(name)
+                try? FileManager.default.removeItem(at: files(name).directory)
+            }
+            incoming[name] = nil
+            resumeOnArrival[name] = nil
+            discarding[name] = nil
         }
-        if let previous {
-            try? store.save(previous)
-        } else {
-            try? store.delete(name)
-            try? FileManager.default.removeItem(at: files(name).directory)
-        }
+        discarding[name] = discard
+        await discard.value
     }
 
     // MARK: - Sending (source side)
@@ -313,7 +327,7 @@ extension VMHost {
             again.parameters.live = false
             var report = try await stream(name, vm, transfer, to: destination, again, begin: begin)
             report.note =
-                "the live attempt made \(inexact.passes) passes over memory, but this hypervisor's dirty-page "
+                "the live attempt needed \(inexact.passes) or more passes over memory, but this hypervisor's dirty-page "
                 + "tracking is exact only up to \(inexact.exactPasses); moved again with the guest paused for the transfer"
             return report
         }
@@ -324,6 +338,20 @@ extension VMHost {
     private struct InexactCopy: Error {
         var passes: Int
         var exactPasses: Int
+    }
+
+    /// After a live move turned out inexact (its destination copy discarded): the guest runs
+    /// here again, and the move may be made again; if the guest cannot be resumed, the move
+    /// fails as it is.
+    private func inexactCopyDiscarded(_ name: String, _ vm: any VirtualMachineInstance, _ inexact: InexactCopy) async throws -> Never {
+        let state = await keepHere(name, vm, running: true)
+        guard state == "running" else {
+            throw HostError.migrationFailed(
+                name: name, phase: "the transfer",
+                reason: "\(inexact.passes) passes over memory, more than the \(inexact.exactPasses) this hypervisor tracks exactly",
+                vmState: state)
+        }
+        throw inexact
     }
 
     /// One attempt at moving the VM over a migration stream.
@@ -361,13 +389,22 @@ extension VMHost {
             setupPause = try await vm.migrate(to: reply.address, parameters: request.parameters)
             final = try await follow(
                 name, vm, timeoutSeconds: request.timeoutSeconds.map { max(1, $0 - seconds(clock.now - begin)) },
-                postcopy: request.parameters.postcopy, postcopyAfterPasses: exactPasses == nil ? 2 : 1
+                postcopy: request.parameters.postcopy,
+                // With exact tracking limited, post-copy starts before a second pass could run
+                // with the guest running, and a pre-copy doomed to need more passes is given up
+                // at once.
+                postcopyAfterPasses: exactPasses == nil ? 2 : 1,
+                giveUpAtPasses: request.parameters.postcopy ? nil : exactPasses
             ) {
                 if confirmation == nil, exactPasses == nil {
                     confirmBegin = ContinuousClock.now
                     confirmation = Task { try await destination.post(finishPath) }
                 }
             }
+        } catch let inexact as InexactCopy {
+            await cancelIfUnfinished(vm)
+            _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            try await inexactCopyDiscarded(name, vm, inexact)
         } catch {
             // If the destination has the guest running after all, that is where it is now.
             var arrived: IncomingMigrationFinish?
@@ -383,14 +420,7 @@ extension VMHost {
         // Post-copy has the guest running there already: that copy is the one now.
         if let exactPasses, let final, !request.parameters.postcopy, final.rounds > exactPasses {
             _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
-            let state = await keepHere(name, vm, running: true)
-            guard state == "running" else {
-                throw HostError.migrationFailed(
-                    name: name, phase: "the transfer",
-                    reason: "\(final.rounds) passes over memory, more than the \(exactPasses) this hypervisor tracks exactly",
-                    vmState: state)
-            }
-            throw InexactCopy(passes: final.rounds, exactPasses: exactPasses)
+            try await inexactCopyDiscarded(name, vm, InexactCopy(passes: final.rounds, exactPasses: exactPasses))
         }
         let transferMs = milliseconds(clock.now - transferBegin)
         if confirmation == nil {
@@ -470,7 +500,7 @@ extension VMHost {
     /// stalls, or runs past its time limit.
     private func follow(
         _ name: String, _ vm: any VirtualMachineInstance, timeoutSeconds: Int?, postcopy: Bool,
-        postcopyAfterPasses: Int = 2, onFinalPhase: () -> Void = {}
+        postcopyAfterPasses: Int = 2, giveUpAtPasses: Int? = nil, onFinalPhase: () -> Void = {}
     ) async throws -> MigrationProgress {
         let clock = ContinuousClock()
         let begin = clock.now
@@ -498,6 +528,10 @@ extension VMHost {
             // Once the guest is stopped for the last pass, the end is moments away: no timeout then.
             if let timeoutSeconds, progress.status != .completing, now - begin > .seconds(timeoutSeconds) {
                 throw HypervisorError.timeout("the migration to finish (--timeout \(timeoutSeconds) s)")
+            }
+            // That many passes with the guest still running: the last one cannot be among them.
+            if let giveUpAtPasses, progress.status == .active, progress.rounds >= giveUpAtPasses {
+                throw InexactCopy(passes: progress.rounds + 1, exactPasses: giveUpAtPasses)
             }
             if postcopy, !switchedToPostcopy, progress.status == .active, progress.rounds >= postcopyAfterPasses {
                 try await vm.switchToPostcopy()

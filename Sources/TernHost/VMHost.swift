@@ -25,6 +25,9 @@ public actor VMHost {
     var incoming: [String: VMRecord?] = [:]
     /// Incoming migrations whose guest ran on the source (resumed here once arrived).
     var resumeOnArrival: [String: Bool] = [:]
+    /// Incoming VMs being discarded: done once their hypervisor has ended and what was there
+    /// before is back. A new incoming VM of the same name waits for this.
+    var discarding: [String: Task<Void, Never>] = [:]
     /// Where incoming migration streams are received (TCP).
     public private(set) var migrationHost = "127.0.0.1"
 
