@@ -530,7 +530,11 @@ extension VMHost {
                 throw HypervisorError.timeout("the migration to finish (--timeout \(timeoutSeconds) s)")
             }
             // That many passes with the guest still running: the last one cannot be among them.
-            if let giveUpAtPasses, progress.status == .active, progress.rounds >= giveUpAtPasses {
+            // (QEMU reports "active" through its last pass too, which it makes with the guest
+            // stopped: the run state tells them apart.)
+            if let giveUpAtPasses, progress.status == .active, progress.rounds >= giveUpAtPasses,
+                try await vm.runState() == .running
+            {
                 throw InexactCopy(passes: progress.rounds + 1, exactPasses: giveUpAtPasses)
             }
             if postcopy, !switchedToPostcopy, progress.status == .active, progress.rounds >= postcopyAfterPasses {
