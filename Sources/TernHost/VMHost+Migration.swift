@@ -354,6 +354,12 @@ extension VMHost {
         throw inexact
     }
 
+    /// Asks the destination to discard what it prepared for `name` (this host keeps the VM);
+    /// whether it could changes nothing here.
+    private func abandonIncoming(_ name: String, at destination: APIClient) async {
+        _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+    }
+
     /// One attempt at moving the VM over a migration stream.
     private func stream(
         _ name: String, _ vm: any VirtualMachineInstance, _ transfer: VMTransfer, to destination: APIClient,
@@ -403,7 +409,7 @@ extension VMHost {
             }
         } catch let inexact as InexactCopy {
             await cancelIfUnfinished(vm)
-            _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            await abandonIncoming(name, at: destination)
             try await inexactCopyDiscarded(name, vm, inexact)
         } catch {
             // If the destination has the guest running after all, that is where it is now.
@@ -411,7 +417,7 @@ extension VMHost {
             if let task = confirmation { arrived = await Self.value(of: task, within: .seconds(10)) }
             if arrived == nil {
                 await cancelIfUnfinished(vm)
-                _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+                await abandonIncoming(name, at: destination)
                 migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
                 let state = await keepHere(name, vm, running: transfer.running)
                 throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: state)
@@ -419,7 +425,7 @@ extension VMHost {
         }
         // Post-copy has the guest running there already: that copy is the one now.
         if let exactPasses, let final, !request.parameters.postcopy, final.rounds > exactPasses {
-            _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            await abandonIncoming(name, at: destination)
             try await inexactCopyDiscarded(name, vm, InexactCopy(passes: final.rounds, exactPasses: exactPasses))
         }
         let transferMs = milliseconds(clock.now - transferBegin)
@@ -433,7 +439,7 @@ extension VMHost {
         do {
             remote = try await confirmation!.value
         } catch {
-            _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            await abandonIncoming(name, at: destination)
             migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
             let state = await keepHere(name, vm, running: transfer.running)
             throw HostError.migrationFailed(
