@@ -262,6 +262,9 @@ public struct MigrationReport: Codable, Sendable {
     public var confirmMs: Int
     /// How long the guest was stopped (all of it, including any pause while the stream started).
     public var downtimeMs: Int
+    /// The part of the downtime spent while the stream started (the hypervisor's dirty tracking
+    /// needed the guest paused then), if any.
+    public var setupPauseMs: Int?
     public var bytes: Int
     public var rounds: Int
     /// Average over the transfer, MiB/s.
@@ -271,8 +274,9 @@ public struct MigrationReport: Codable, Sendable {
 
     public init(
         vm: VMInfo, destination: String, kind: String, totalMs: Int, prepareMs: Int, transferMs: Int, confirmMs: Int,
-        downtimeMs: Int, bytes: Int, rounds: Int, throughputMiBps: Double
+        downtimeMs: Int, bytes: Int, rounds: Int, throughputMiBps: Double, setupPauseMs: Int? = nil
     ) {
+        self.setupPauseMs = setupPauseMs
         self.prepareMs = prepareMs
         self.confirmMs = confirmMs
         self.vm = vm

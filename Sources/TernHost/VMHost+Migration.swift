@@ -467,7 +467,8 @@ extension VMHost {
             vm: remote.vm, destination: request.destination, kind: request.parameters.live ? "live" : "non-live",
             totalMs: totalMs, prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
             downtimeMs: transfer.running ? downtimeMs : 0, bytes: last.transferredBytes, rounds: last.rounds,
-            throughputMiBps: transferMs > 0 ? Double(last.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0)
+            throughputMiBps: transferMs > 0 ? Double(last.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0,
+            setupPauseMs: setupPause > .zero ? milliseconds(setupPause) : nil)
     }
 
     /// Quick migration: save to a file in `directory` (which the destination must see too), restore

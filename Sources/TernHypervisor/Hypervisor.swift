@@ -58,8 +58,9 @@ public protocol VirtualMachineInstance: Sendable {
     /// guest keeps running until the last pass (unless `parameters.live` is false: then it is
     /// paused first); once completed it stays stopped here.
     ///
-    /// - Returns: how long a running guest was paused while the migration started, if the
-    ///   hypervisor needs such a pause for a live migration (zero otherwise).
+    /// - Returns: how long a running guest was paused while the migration started and then
+    ///   resumed, if the hypervisor needs such a pause for a live migration (zero otherwise: also
+    ///   when the last pass began during that pause, which then is part of the downtime).
     @discardableResult
     func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws -> Duration
     /// Where the current migration (outgoing, or incoming for an incoming VM) stands.

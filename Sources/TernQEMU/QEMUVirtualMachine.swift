@@ -176,12 +176,15 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             await waitForMigrationChange(upTo: .milliseconds(5))
             progress = try await migrationProgress()
         }
-        guard progress.status == .active else { return ContinuousClock.now - paused }
+        // Not resumed (the last pass began during the pause): the pause is part of the downtime
+        // that the guest's last STOP starts, so it is not returned separately.
+        guard progress.status == .active else { return .zero }
         do {
             try await client.execute("cont")
         } catch {
             // "Not finalized": already in its last pass, which stops the guest anyway.
             guard case QMPError.commandFailed(_, _, let message) = error, message.contains("not finalized") else { throw error }
+            return .zero
         }
         return ContinuousClock.now - paused
     }

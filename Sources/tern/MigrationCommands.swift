@@ -114,7 +114,7 @@ struct Migrate: AsyncParsableCommand {
         print("  prepare      \(report.prepareMs) ms (destination: compatibility check, receiving VM started)")
         print("  transfer     \(report.transferMs) ms")
         print("  confirm      \(report.confirmMs) ms")
-        print("  downtime     \(report.downtimeMs) ms")
+        print("  downtime     \(report.downtimeMs) ms" + (report.setupPauseMs.map { " (\($0) ms of it while the stream started)" } ?? ""))
         print(
             "  transferred  \(mebibytes(report.bytes)) in \(report.rounds) round\(report.rounds == 1 ? "" : "s") "
                 + String(format: "(%.1f MiB/s)", report.throughputMiBps))
