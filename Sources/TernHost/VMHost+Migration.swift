@@ -383,8 +383,8 @@ extension VMHost {
         }
 
         // 2. The stream. 3. The word to resume: sent as soon as the source has stopped the guest
-        // for its last pass (the destination resumes once it has all of the state, and says so),
-        // or, when the copy's exactness depends on the passes made, once they are known.
+        // for its last pass (the destination resumes once it has all of the state, and says so);
+        // when the copy's exactness depends on the passes made, only if they are few enough.
         var final: MigrationProgress?
         let transferBegin = clock.now
         var confirmBegin = clock.now
@@ -401,8 +401,9 @@ extension VMHost {
                 // at once.
                 postcopyAfterPasses: exactPasses == nil ? 2 : 1,
                 giveUpAtPasses: request.parameters.postcopy ? nil : exactPasses
-            ) {
-                if confirmation == nil, exactPasses == nil {
+            ) { progress in
+                // With exact tracking limited, only once the passes are known to be few enough.
+                if confirmation == nil, exactPasses.map({ progress.rounds <= $0 }) ?? true {
                     confirmBegin = ContinuousClock.now
                     confirmation = Task { try await destination.post(finishPath) }
                 }
@@ -424,7 +425,7 @@ extension VMHost {
             }
         }
         // Post-copy has the guest running there already: that copy is the one now.
-        if let exactPasses, let final, !request.parameters.postcopy, final.rounds > exactPasses {
+        if let exactPasses, let final, !request.parameters.postcopy, confirmation == nil, final.rounds > exactPasses {
             await abandonIncoming(name, at: destination)
             try await inexactCopyDiscarded(name, vm, InexactCopy(passes: final.rounds, exactPasses: exactPasses))
         }
@@ -507,7 +508,7 @@ extension VMHost {
     /// stalls, or runs past its time limit.
     private func follow(
         _ name: String, _ vm: any VirtualMachineInstance, timeoutSeconds: Int?, postcopy: Bool,
-        postcopyAfterPasses: Int = 2, giveUpAtPasses: Int? = nil, onFinalPhase: () -> Void = {}
+        postcopyAfterPasses: Int = 2, giveUpAtPasses: Int? = nil, onFinalPhase: (MigrationProgress) -> Void = { _ in }
     ) async throws -> MigrationProgress {
         let clock = ContinuousClock()
         let begin = clock.now
@@ -518,7 +519,7 @@ extension VMHost {
         while true {
             let progress = try await vm.migrationProgress()
             migrations[name] = progress
-            if progress.status == .completing || progress.status == .completed { onFinalPhase() }
+            if progress.status == .completing || progress.status == .completed { onFinalPhase(progress) }
             switch progress.status {
             case .completed: return progress
             case .failed: throw HypervisorError.commandFailed(command: "migrate", message: progress.error ?? "the stream failed")

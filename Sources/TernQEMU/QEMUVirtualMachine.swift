@@ -31,6 +31,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     public var lastResumed: Double? { transitions.withLockedValue { $0.resumed } }
     /// Woken by QEMU's MIGRATION and STOP events.
     private let migrationSignal = Signal()
+    /// The passes over memory QEMU has announced (MIGRATION_PASS) in the current outgoing
+    /// migration, and how many there were when it stopped the guest for the last one (a STOP
+    /// after the first pass; QEMU before 10.0 reports no status of its own for that phase).
+    private let outgoingPasses = NIOLockedValueBox<(made: Int, atStop: Int?)>((0, nil))
     /// A running guest is paused while an outgoing live migration starts tracking dirty pages
     /// (TCG: see ``QEMUHypervisor/exactLiveMigrationPasses``).
     let pausesForTrackingSetup: Bool
@@ -49,12 +53,17 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let ending = self.ending
         let transitions = self.transitions
         let migrationSignal = self.migrationSignal
+        let outgoingPasses = self.outgoingPasses
         eventTask = Task {
             for await event in client.events {
                 switch event.name {
                 case "MIGRATION": migrationSignal.fire()
+                case "MIGRATION_PASS":
+                    let pass = event.data?["pass"]?.int ?? 0
+                    outgoingPasses.withLockedValue { $0.made = max($0.made, pass) }
                 case "STOP":
                     transitions.withLockedValue { $0.stopped = event.timestamp }
+                    outgoingPasses.withLockedValue { if $0.made > 0 && $0.atStop == nil { $0.atStop = $0.made } }
                     migrationSignal.fire()
                 case "RESUME": transitions.withLockedValue { $0.resumed = event.timestamp }
                 case "GUEST_PANICKED": ending.withLockedValue { $0 = "panicked" }
@@ -163,6 +172,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let pausedHere = running && (!parameters.live || pauseForSetup)
         if pausedHere { try await pause() }
         let paused = ContinuousClock.now
+        outgoingPasses.withLockedValue { $0 = (0, nil) }
         do {
             try await client.execute("migrate", ["uri": .string(address.qemuURI)])
         } catch {
@@ -189,8 +199,16 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         return ContinuousClock.now - paused
     }
 
+    /// Once QEMU has stopped the guest for the last pass, that phase is reported as completing,
+    /// with the last pass counted (events arrive in order, so a pass announced before the STOP
+    /// ran with the guest running, and the last pass is the one after it).
     public func migrationProgress() async throws -> MigrationProgress {
-        Self.progress(from: try await client.execute("query-migrate"))
+        var progress = Self.progress(from: try await client.execute("query-migrate"))
+        if progress.status == .active, let atStop = outgoingPasses.withLockedValue({ $0.atStop }) {
+            progress.status = .completing
+            progress.rounds = max(progress.rounds, atStop + 1)
+        }
+        return progress
     }
 
     public func cancelMigration() async throws { try await client.execute("migrate_cancel") }

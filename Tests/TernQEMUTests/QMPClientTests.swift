@@ -16,13 +16,14 @@ final class FakeQMPServer: Sendable {
     /// Every command received, in order.
     let commands = NIOLockedValueBox<[String]>([])
 
-    init(running: Bool = false) async throws {
+    init(running: Bool = false, passesBeforeStop: Int? = nil) async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("qmp-\(UUID().uuidString.prefix(8)).sock").path
         let commands = self.commands
         channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Handler(running: running, commands: commands))
+                    try channel.pipeline.syncOperations.addHandler(
+                        Handler(running: running, passesBeforeStop: passesBeforeStop, commands: commands))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
@@ -42,7 +43,12 @@ final class FakeQMPServer: Sendable {
         let migrationQueries = NIOLockedValueBox(0)
         let commands: NIOLockedValueBox<[String]>
 
-        init(running: Bool, commands: NIOLockedValueBox<[String]>) {
+        /// When set, `query-migrate` is preceded by that many MIGRATION_PASS events and a STOP:
+        /// QEMU stopping the guest for its last pass.
+        let passesBeforeStop: Int?
+
+        init(running: Bool, passesBeforeStop: Int?, commands: NIOLockedValueBox<[String]>) {
+            self.passesBeforeStop = passesBeforeStop
             self.running = NIOLockedValueBox(running)
             refusedConts = NIOLockedValueBox(running ? 0 : 3)
             self.commands = commands
@@ -68,6 +74,13 @@ final class FakeQMPServer: Sendable {
                 case "stop":
                     running.withLockedValue { $0 = false }
                     send(context, #"{"return": {}, "id": \#(id)}"#)
+                case "query-migrate" where passesBeforeStop != nil:
+                    let passes = passesBeforeStop ?? 0
+                    for pass in 1...max(1, passes) {
+                        send(context, #"{"event": "MIGRATION_PASS", "data": {"pass": \#(pass)}, "timestamp": {"seconds": 1, "microseconds": 0}}"#)
+                    }
+                    send(context, #"{"event": "STOP", "timestamp": {"seconds": 2, "microseconds": 0}}"#)
+                    send(context, #"{"return": {"status": "active", "ram": {"dirty-sync-count": \#(passes)}}, "id": \#(id)}"#)
                 case "query-migrate":
                     let queries = migrationQueries.withLockedValue { count in
                         count += 1
@@ -189,6 +202,27 @@ final class FakeQMPServer: Sendable {
         try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters(live: live))
         let sent = server.commands.withLockedValue { $0 }.filter { ["stop", "migrate", "cont"].contains($0) }
         #expect(sent == expected)
+        await client.close()
+        await server.close()
+    }
+
+    /// QEMU 7.2 reports "active" through the last pass; the STOP that follows the announced
+    /// passes (events arrive in order) is what says the last pass has begun.
+    @Test(arguments: [2, 3])
+    func theStopForTheLastPassIsReportedAsCompleting(passesBeforeStop: Int) async throws {
+        let server = try await FakeQMPServer(running: true, passesBeforeStop: passesBeforeStop)
+        let client = try await QMPClient.connect(path: server.path)
+        let vm = QEMUVirtualMachine(
+            name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+            map: try CPUMap.builtin(), child: nil, pausesForTrackingSetup: false)
+        try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters())
+        var progress = try await vm.migrationProgress()
+        for _ in 0..<100 where progress.status != .completing {
+            try await Task.sleep(for: .milliseconds(10))
+            progress = try await vm.migrationProgress()
+        }
+        #expect(progress.status == .completing)
+        #expect(progress.rounds == passesBeforeStop + 1)
         await client.close()
         await server.close()
     }
