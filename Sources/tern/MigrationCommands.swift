@@ -83,6 +83,10 @@ struct Migrate: AsyncParsableCommand {
     func validate() throws {
         if let connections, !(1...16).contains(connections) { throw ValidationError("--connections must be 1 to 16") }
         if let timeout, timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
+        if !live, postcopy || autoConverge || maxDowntime != nil || quick != nil {
+            throw ValidationError(
+                "--no-live pauses the guest for the whole transfer: --postcopy, --auto-converge, --max-downtime and --quick do not apply")
+        }
     }
 
     func run() async throws {

@@ -68,6 +68,14 @@ let malformed = "Tests/TernCPUTests/Fixtures/malformed"
         #expect(mixed.err.contains("CPU vendors differ (AMD, Intel)"))
     }
 
+    /// Options that only shape a live transfer are refused with --no-live, before any daemon is asked.
+    @Test(arguments: [["--postcopy"], ["--auto-converge"], ["--max-downtime", "100"], ["--quick", "/tmp"]])
+    func noLiveRefusesOptionsOfALiveTransfer(extra: [String]) throws {
+        let run = try tern(arguments: ["migrate", "vm", "--to", "/nonexistent.sock", "--no-live"] + extra)
+        #expect(run.status != 0)
+        #expect(run.err.contains("--no-live pauses the guest for the whole transfer"), "\(run.err)")
+    }
+
     @Test func cpuidInCompatibilityModeShowsAnEightByteCLFLUSHLine() throws {
         let run = try tern("cpuid", "--host", "\(dumps)/Xeon-Gold-6148.xml", "--compat", "--json")
         #expect(run.status == 0)
