@@ -340,10 +340,13 @@ extension VMHost {
         var exactPasses: Int
     }
 
-    /// After a live move turned out inexact (its destination copy discarded): the guest runs
+    /// After a live move turned out inexact: the destination discards its copy, the guest runs
     /// here again, and the move may be made again; if the guest cannot be resumed, the move
     /// fails as it is.
-    private func inexactCopyDiscarded(_ name: String, _ vm: any VirtualMachineInstance, _ inexact: InexactCopy) async throws -> Never {
+    private func discardInexactCopy(
+        _ name: String, _ vm: any VirtualMachineInstance, at destination: APIClient, _ inexact: InexactCopy
+    ) async throws -> Never {
+        await abandonIncoming(name, at: destination)
         let state = await keepHere(name, vm, running: true)
         guard state == "running" else {
             throw HostError.migrationFailed(
@@ -410,8 +413,7 @@ extension VMHost {
             }
         } catch let inexact as InexactCopy {
             await cancelIfUnfinished(vm)
-            await abandonIncoming(name, at: destination)
-            try await inexactCopyDiscarded(name, vm, inexact)
+            try await discardInexactCopy(name, vm, at: destination, inexact)
         } catch {
             // If the destination has the guest running after all, that is where it is now.
             var arrived: IncomingMigrationFinish?
@@ -426,8 +428,7 @@ extension VMHost {
         }
         // Post-copy has the guest running there already: that copy is the one now.
         if let exactPasses, let final, !request.parameters.postcopy, confirmation == nil, final.rounds > exactPasses {
-            await abandonIncoming(name, at: destination)
-            try await inexactCopyDiscarded(name, vm, InexactCopy(passes: final.rounds, exactPasses: exactPasses))
+            try await discardInexactCopy(name, vm, at: destination, InexactCopy(passes: final.rounds, exactPasses: exactPasses))
         }
         let transferMs = milliseconds(clock.now - transferBegin)
         if confirmation == nil {
@@ -538,8 +539,8 @@ extension VMHost {
                 throw HypervisorError.timeout("the migration to finish (--timeout \(timeoutSeconds) s)")
             }
             // That many passes with the guest still running: the last one cannot be among them.
-            // (QEMU reports "active" through its last pass too, which it makes with the guest
-            // stopped: the run state tells them apart.)
+            // (Should the hypervisor still report the last pass, made with the guest stopped, as
+            // active, the run state tells them apart.)
             if let giveUpAtPasses, progress.status == .active, progress.rounds >= giveUpAtPasses,
                 try await vm.runState() == .running
             {
