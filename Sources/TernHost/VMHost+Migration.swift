@@ -385,9 +385,11 @@ extension VMHost {
             throw HostError.migrationFailed(name: name, phase: "preparation on \(request.destination)", reason: "\(error)", vmState: vmState)
         }
 
-        // 2. The stream. 3. The word to resume: sent as soon as the source has stopped the guest
-        // for its last pass (the destination resumes once it has all of the state, and says so);
-        // when the copy's exactness depends on the passes made, only if they are few enough.
+        // 2. The stream (a hypervisor whose tracking is exact only up to some passes never sends
+        // the last pass of a copy that needed more: it gives the stream up, and the guest runs on
+        // here). 3. The word to resume: sent as soon as the source has stopped the guest for its
+        // last pass, if the passes are few enough (the destination resumes once it has all of the
+        // state, and says so).
         var final: MigrationProgress?
         let transferBegin = clock.now
         var confirmBegin = clock.now
@@ -426,7 +428,8 @@ extension VMHost {
                 throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: state)
             }
         }
-        // Post-copy has the guest running there already: that copy is the one now.
+        // Should the hypervisor have sent more passes than it tracks exactly after all, the
+        // destination (not told to resume) discards that copy.
         if let exactPasses, let final, !request.parameters.postcopy, confirmation == nil, final.rounds > exactPasses {
             try await discardInexactCopy(name, vm, at: destination, InexactCopy(passes: final.rounds, exactPasses: exactPasses))
         }
@@ -525,6 +528,8 @@ extension VMHost {
             case .completed: return progress
             case .failed: throw HypervisorError.commandFailed(command: "migrate", message: progress.error ?? "the stream failed")
             case .cancelled: throw HypervisorError.commandFailed(command: "migrate", message: "cancelled")
+            case .abandoned:
+                throw InexactCopy(passes: progress.rounds, exactPasses: hypervisor.exactLiveMigrationPasses ?? progress.rounds - 1)
             default: break
             }
             let now = clock.now

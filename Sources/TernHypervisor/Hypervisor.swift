@@ -31,8 +31,10 @@ public protocol Hypervisor: Sendable {
 
     /// How many passes over guest memory (the first and the last included) a live migration of
     /// a running guest may make and still deliver an exact copy of its memory; nil when any
-    /// number may. A move that needed more is not committed: the guest goes on running here and
-    /// is moved again without running during the transfer (``MigrationParameters/live`` false).
+    /// number may. The hypervisor itself never sends the last pass of a live pre-copy migration
+    /// that would exceed it: it gives the migration up instead (``MigrationProgress/Status/abandoned``),
+    /// the guest goes on running here, and Tern moves it again without running during the
+    /// transfer (``MigrationParameters/live`` false).
     var exactLiveMigrationPasses: Int? { get }
 }
 

@@ -92,6 +92,10 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
 public struct MigrationProgress: Sendable, Equatable, Codable {
     public enum Status: String, Sendable, Codable {
         case none, setup, active, postcopy, completing, completed, failed, cancelled
+        /// Given up by the hypervisor just before its last pass, because the copy would have
+        /// needed more passes than its tracking makes exact (``Hypervisor/exactLiveMigrationPasses``).
+        /// The guest runs on at the source; the destination never got the end of the stream.
+        case abandoned
     }
 
     public var status: Status
@@ -142,5 +146,5 @@ public struct MigrationProgress: Sendable, Equatable, Codable {
     }
 
     /// True once the migration has ended, well or not.
-    public var isFinished: Bool { status == .completed || status == .failed || status == .cancelled }
+    public var isFinished: Bool { [.completed, .failed, .cancelled, .abandoned].contains(status) }
 }

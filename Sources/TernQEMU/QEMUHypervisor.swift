@@ -208,7 +208,7 @@ public struct QEMUHypervisor: Hypervisor {
         }
         phase(.controlReady)
         return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: process,
-            pausesForTrackingSetup: accelerator == .tcg)
+            exactPasses: exactLiveMigrationPasses)
     }
 
     public func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance {
@@ -218,7 +218,7 @@ public struct QEMUHypervisor: Hypervisor {
         else { throw HypervisorError.notRunning(configuration.name) }
         let client = try await QMPClient.connect(path: files.controlSocket.path)
         return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: nil,
-            pausesForTrackingSetup: accelerator == .tcg)
+            exactPasses: exactLiveMigrationPasses)
     }
 
     /// What QEMU wrote to its log, for error messages.

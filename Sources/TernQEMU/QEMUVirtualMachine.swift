@@ -31,19 +31,31 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     public var lastResumed: Double? { transitions.withLockedValue { $0.resumed } }
     /// Woken by QEMU's MIGRATION and STOP events.
     private let migrationSignal = Signal()
-    /// The passes over memory QEMU has announced (MIGRATION_PASS) in the current outgoing
-    /// migration, and how many there were when it stopped the guest for the last one (a STOP
-    /// after the first pass; QEMU before 10.0 reports no status of its own for that phase).
-    private let outgoingPasses = NIOLockedValueBox<(made: Int, atStop: Int?)>((0, nil))
-    /// A running guest is paused while an outgoing live migration starts tracking dirty pages
-    /// (TCG: see ``QEMUHypervisor/exactLiveMigrationPasses``).
-    let pausesForTrackingSetup: Bool
+    /// The current outgoing migration as QEMU's events tell it: the passes over memory it has
+    /// announced (MIGRATION_PASS); how many there were when it stopped the guest for the last one
+    /// (a STOP after the first pass; QEMU before 10.0 reports no status of its own for that
+    /// phase); and, when it was given up before its last pass for needing too many, the passes
+    /// it would have made.
+    private let outgoing = NIOLockedValueBox(OutgoingMigration())
+    struct OutgoingMigration {
+        var passes = 0
+        var passesAtStop: Int?
+        var abandonedAtPasses: Int?
+    }
+    /// The passes over memory (the first and the last included) up to which QEMU's dirty-page
+    /// tracking is exact for this VM (nil: no limit; see
+    /// ``QEMUHypervisor/exactLiveMigrationPasses``). With a limit, a running guest is paused
+    /// while an outgoing live migration starts tracking, and QEMU holds the guest stopped before
+    /// its last pass until this VM has counted the passes: it lets the last pass go only if it is
+    /// within the limit, and otherwise gives the migration up (reported as `.abandoned`).
+    let exactPasses: Int?
+    var pausesForTrackingSetup: Bool { exactPasses != nil }
 
     init(
         name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?,
-        pausesForTrackingSetup: Bool
+        exactPasses: Int?
     ) {
-        self.pausesForTrackingSetup = pausesForTrackingSetup
+        self.exactPasses = exactPasses
         self.name = name
         self.pid = pid
         self.client = client
@@ -53,17 +65,21 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let ending = self.ending
         let transitions = self.transitions
         let migrationSignal = self.migrationSignal
-        let outgoingPasses = self.outgoingPasses
+        let outgoing = self.outgoing
         eventTask = Task {
             for await event in client.events {
                 switch event.name {
-                case "MIGRATION": migrationSignal.fire()
+                case "MIGRATION":
+                    if event.data?["status"]?.string == "pre-switchover" {
+                        await Self.decideLastPass(client: client, outgoing: outgoing, exactPasses: exactPasses)
+                    }
+                    migrationSignal.fire()
                 case "MIGRATION_PASS":
                     let pass = event.data?["pass"]?.int ?? 0
-                    outgoingPasses.withLockedValue { $0.made = max($0.made, pass) }
+                    outgoing.withLockedValue { $0.passes = max($0.passes, pass) }
                 case "STOP":
                     transitions.withLockedValue { $0.stopped = event.timestamp }
-                    outgoingPasses.withLockedValue { if $0.made > 0 && $0.atStop == nil { $0.atStop = $0.made } }
+                    outgoing.withLockedValue { if $0.passes > 0 && $0.passesAtStop == nil { $0.passesAtStop = $0.passes } }
                     migrationSignal.fire()
                 case "RESUME": transitions.withLockedValue { $0.resumed = event.timestamp }
                 case "GUEST_PANICKED": ending.withLockedValue { $0 = "panicked" }
@@ -166,13 +182,14 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// is recorded. The pause lasts as long as QEMU's setup (a few milliseconds).
     @discardableResult
     public func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws -> Duration {
-        try await configureMigration(parameters, outgoing: true)
+        try await configureMigration(
+            parameters, outgoing: true, holdBeforeLastPass: exactPasses != nil && parameters.live && !parameters.postcopy)
         let running = try await runState() == .running
         let pauseForSetup = running && parameters.live && pausesForTrackingSetup
         let pausedHere = running && (!parameters.live || pauseForSetup)
         if pausedHere { try await pause() }
         let paused = ContinuousClock.now
-        outgoingPasses.withLockedValue { $0 = (0, nil) }
+        outgoing.withLockedValue { $0 = OutgoingMigration() }
         do {
             try await client.execute("migrate", ["uri": .string(address.qemuURI)])
         } catch {
@@ -204,11 +221,29 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// ran with the guest running, and the last pass is the one after it).
     public func migrationProgress() async throws -> MigrationProgress {
         var progress = Self.progress(from: try await client.execute("query-migrate"))
-        if progress.status == .active, let atStop = outgoingPasses.withLockedValue({ $0.atStop }) {
+        let events = outgoing.withLockedValue { $0 }
+        if progress.status == .active, let atStop = events.passesAtStop {
             progress.status = .completing
             progress.rounds = max(progress.rounds, atStop + 1)
         }
+        if progress.status == .cancelled, let passes = events.abandonedAtPasses {
+            progress.status = .abandoned
+            progress.rounds = passes
+        }
         return progress
+    }
+
+    /// QEMU holds the guest stopped before its last pass (capability pause-before-switchover):
+    /// lets it go on if that pass is within the exact limit, gives the migration up otherwise
+    /// (QEMU then resumes the guest here, and the destination never gets the end of the stream).
+    private static func decideLastPass(client: QMPClient, outgoing: NIOLockedValueBox<OutgoingMigration>, exactPasses: Int?) async {
+        let lastPass = outgoing.withLockedValue { $0.passes } + 1
+        if let exactPasses, lastPass > exactPasses {
+            outgoing.withLockedValue { $0.abandonedAtPasses = lastPass }
+            _ = try? await client.execute("migrate_cancel")
+        } else {
+            _ = try? await client.execute("migrate-continue", ["state": "pre-switchover"])
+        }
     }
 
     public func cancelMigration() async throws { try await client.execute("migrate_cancel") }
@@ -232,13 +267,17 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     /// Migration capabilities must match on both sides; parameters that shape the sending only
     /// matter on the source.
-    private func configureMigration(_ parameters: MigrationParameters, outgoing: Bool) async throws {
+    private func configureMigration(_ parameters: MigrationParameters, outgoing: Bool, holdBeforeLastPass: Bool = false) async throws {
         var capabilities: [JSONValue] = [
             ["capability": "events", "state": true],  // MIGRATION events: no need to poll closely
             ["capability": "multifd", "state": .bool((parameters.connections ?? 1) > 1)],
             ["capability": "postcopy-ram", "state": .bool(parameters.postcopy)],
         ]
-        if outgoing { capabilities.append(["capability": "auto-converge", "state": .bool(parameters.autoConverge)]) }
+        if outgoing {
+            capabilities.append(["capability": "auto-converge", "state": .bool(parameters.autoConverge)])
+            // Set every time: capabilities outlast a migration, and the next one may differ.
+            capabilities.append(["capability": "pause-before-switchover", "state": .bool(holdBeforeLastPass)])
+        }
         try await client.execute("migrate-set-capabilities", ["capabilities": .array(capabilities)])
         var settings: [String: JSONValue] = [:]
         if let connections = parameters.connections, connections > 1 { settings["multifd-channels"] = .number(Double(connections)) }

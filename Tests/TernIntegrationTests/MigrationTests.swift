@@ -453,7 +453,10 @@ import Glibc
             #expect(try state("orphan", on: a) == "running")
             let last = a.lastCounter("orphan")
             #expect(a.waitForConsole("orphan", "TERN-GUEST: counter \(last + 3)"))
-            // The received copy never ran, and the restarted daemon ends it and forgets it.
+            // The received copy never ran (it would have printed its counter there) ...
+            let received = b.consoleLog("orphan")
+            #expect(!received.contains("TERN-GUEST: counter"), "the received copy ran: \(received.suffix(300))")
+            // ... and the restarted daemon ends it and forgets it.
             try b.start()
             #expect(try state("orphan", on: b) == nil)
             #expect(kill(qemu, 0) != 0 || (try? String(contentsOfFile: "/proc/\(qemu)/stat", encoding: .utf8))?.contains(") Z") == true)

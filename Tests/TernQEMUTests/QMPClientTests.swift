@@ -16,14 +16,16 @@ final class FakeQMPServer: Sendable {
     /// Every command received, in order.
     let commands = NIOLockedValueBox<[String]>([])
 
-    init(running: Bool = false, passesBeforeStop: Int? = nil) async throws {
+    init(running: Bool = false, passesBeforeStop: Int? = nil, holdsBeforeLastPass: Bool = false) async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("qmp-\(UUID().uuidString.prefix(8)).sock").path
         let commands = self.commands
         channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        Handler(running: running, passesBeforeStop: passesBeforeStop, commands: commands))
+                        Handler(
+                            running: running, passesBeforeStop: passesBeforeStop, holdsBeforeLastPass: holdsBeforeLastPass,
+                            commands: commands))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
@@ -46,9 +48,15 @@ final class FakeQMPServer: Sendable {
         /// When set, `query-migrate` is preceded by that many MIGRATION_PASS events and a STOP:
         /// QEMU stopping the guest for its last pass.
         let passesBeforeStop: Int?
+        /// With `passesBeforeStop`: QEMU's pause-before-switchover. After the STOP, the migration
+        /// waits in "pre-switchover" (announced by a MIGRATION event) until `migrate-continue`
+        /// (then it completes) or `migrate_cancel` (then it is cancelled).
+        let holdsBeforeLastPass: Bool
+        let switchover = NIOLockedValueBox<String?>(nil)
 
-        init(running: Bool, passesBeforeStop: Int?, commands: NIOLockedValueBox<[String]>) {
+        init(running: Bool, passesBeforeStop: Int?, holdsBeforeLastPass: Bool = false, commands: NIOLockedValueBox<[String]>) {
             self.passesBeforeStop = passesBeforeStop
+            self.holdsBeforeLastPass = holdsBeforeLastPass
             self.running = NIOLockedValueBox(running)
             refusedConts = NIOLockedValueBox(running ? 0 : 3)
             self.commands = commands
@@ -76,11 +84,26 @@ final class FakeQMPServer: Sendable {
                     send(context, #"{"return": {}, "id": \#(id)}"#)
                 case "query-migrate" where passesBeforeStop != nil:
                     let passes = passesBeforeStop ?? 0
+                    if holdsBeforeLastPass, let decided = switchover.withLockedValue({ $0 }) {
+                        send(context, #"{"return": {"status": "\#(decided)", "ram": {"dirty-sync-count": \#(passes)}}, "id": \#(id)}"#)
+                        continue
+                    }
                     for pass in 1...max(1, passes) {
                         send(context, #"{"event": "MIGRATION_PASS", "data": {"pass": \#(pass)}, "timestamp": {"seconds": 1, "microseconds": 0}}"#)
                     }
                     send(context, #"{"event": "STOP", "timestamp": {"seconds": 2, "microseconds": 0}}"#)
-                    send(context, #"{"return": {"status": "active", "ram": {"dirty-sync-count": \#(passes)}}, "id": \#(id)}"#)
+                    if holdsBeforeLastPass {
+                        switchover.withLockedValue { $0 = "pre-switchover" }
+                        send(context, #"{"event": "MIGRATION", "data": {"status": "pre-switchover"}, "timestamp": {"seconds": 2, "microseconds": 1}}"#)
+                    }
+                    let status = holdsBeforeLastPass ? "pre-switchover" : "active"
+                    send(context, #"{"return": {"status": "\#(status)", "ram": {"dirty-sync-count": \#(passes)}}, "id": \#(id)}"#)
+                case "migrate-continue" where holdsBeforeLastPass:
+                    switchover.withLockedValue { $0 = "completed" }
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
+                case "migrate_cancel" where holdsBeforeLastPass:
+                    switchover.withLockedValue { $0 = "cancelled" }
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
                 case "query-migrate":
                     let queries = migrationQueries.withLockedValue { count in
                         count += 1
@@ -183,7 +206,7 @@ final class FakeQMPServer: Sendable {
         let client = try await QMPClient.connect(path: server.path)
         let vm = QEMUVirtualMachine(
             name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
-            map: try CPUMap.builtin(), child: nil, pausesForTrackingSetup: false)
+            map: try CPUMap.builtin(), child: nil, exactPasses: nil)
         try await vm.resume()  // refused three times, then accepted
         await client.close()
         await server.close()
@@ -193,12 +216,12 @@ final class FakeQMPServer: Sendable {
     /// pass), and resumed as soon as that is done; elsewhere it is not paused at all, and a
     /// non-live migration pauses it and leaves it paused.
     @Test(arguments: [(true, true, ["stop", "migrate", "cont"]), (false, true, ["migrate"]), (false, false, ["stop", "migrate"])])
-    func aMigrationPausesTheGuestOnlyWhenItMust(pausesForTrackingSetup: Bool, live: Bool, expected: [String]) async throws {
+    func aMigrationPausesTheGuestOnlyWhenItMust(limitsPasses: Bool, live: Bool, expected: [String]) async throws {
         let server = try await FakeQMPServer(running: true)
         let client = try await QMPClient.connect(path: server.path)
         let vm = QEMUVirtualMachine(
             name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
-            map: try CPUMap.builtin(), child: nil, pausesForTrackingSetup: pausesForTrackingSetup)
+            map: try CPUMap.builtin(), child: nil, exactPasses: limitsPasses ? 3 : nil)
         try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters(live: live))
         let sent = server.commands.withLockedValue { $0 }.filter { ["stop", "migrate", "cont"].contains($0) }
         #expect(sent == expected)
@@ -214,7 +237,7 @@ final class FakeQMPServer: Sendable {
         let client = try await QMPClient.connect(path: server.path)
         let vm = QEMUVirtualMachine(
             name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
-            map: try CPUMap.builtin(), child: nil, pausesForTrackingSetup: false)
+            map: try CPUMap.builtin(), child: nil, exactPasses: nil)
         try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters())
         var progress = try await vm.migrationProgress()
         for _ in 0..<100 where progress.status != .completing {
@@ -223,6 +246,30 @@ final class FakeQMPServer: Sendable {
         }
         #expect(progress.status == .completing)
         #expect(progress.rounds == passesBeforeStop + 1)
+        await client.close()
+        await server.close()
+    }
+
+    /// Where tracking is exact only up to 3 passes, QEMU holds the guest stopped before its last
+    /// pass; the VM lets that pass go when it is the 3rd at most, and gives the migration up
+    /// (reported as abandoned, with the passes it would have made) when it would be the 4th.
+    @Test(arguments: [(2, "migrate-continue", MigrationProgress.Status.completed), (3, "migrate_cancel", .abandoned)])
+    func theLastPassGoesOnlyWithinTheExactLimit(passesBeforeStop: Int, decision: String, outcome: MigrationProgress.Status) async throws {
+        let server = try await FakeQMPServer(running: true, passesBeforeStop: passesBeforeStop, holdsBeforeLastPass: true)
+        let client = try await QMPClient.connect(path: server.path)
+        let vm = QEMUVirtualMachine(
+            name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+            map: try CPUMap.builtin(), child: nil, exactPasses: 3)
+        try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters())
+        var progress = try await vm.migrationProgress()
+        for _ in 0..<200 where !progress.isFinished {
+            try await Task.sleep(for: .milliseconds(10))
+            progress = try await vm.migrationProgress()
+        }
+        #expect(progress.status == outcome)
+        if outcome == .abandoned { #expect(progress.rounds == passesBeforeStop + 1) }
+        let decisions = server.commands.withLockedValue { $0 }.filter { ["migrate-continue", "migrate_cancel"].contains($0) }
+        #expect(decisions == [decision])
         await client.close()
         await server.close()
     }
