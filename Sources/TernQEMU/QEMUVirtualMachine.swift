@@ -41,6 +41,14 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         var passes = 0
         var passesAtStop: Int?
         var abandonedAtPasses: Int?
+        /// QEMU holds the guest before its last pass (pause-before-switchover) in this migration.
+        var holdsBeforeLastPass = false
+        /// The last pass was let go (`migrate-continue` accepted).
+        var lastPassAllowed = false
+        /// The STOP for the last pass has been reported (as completing) without asking QEMU.
+        var stopReported = false
+        /// What QEMU last answered about this migration.
+        var lastProgress = MigrationProgress(status: .active)
     }
     /// The passes over memory (the first and the last included) up to which QEMU's dirty-page
     /// tracking is exact for this VM (nil: no limit; see
@@ -79,8 +87,16 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
                     outgoing.withLockedValue { $0.passes = max($0.passes, pass) }
                 case "STOP":
                     transitions.withLockedValue { $0.stopped = event.timestamp }
-                    outgoing.withLockedValue { if $0.passes > 0 && $0.passesAtStop == nil { $0.passesAtStop = $0.passes } }
+                    let state = outgoing.withLockedValue { state in
+                        if state.passes > 0 && state.passesAtStop == nil { state.passesAtStop = state.passes }
+                        return state
+                    }
                     migrationSignal.fire()
+                    // The STOP for the last pass comes a moment before QEMU holds the guest there
+                    // (and announces it): a last pass within the limit is let go at once.
+                    if state.holdsBeforeLastPass, let atStop = state.passesAtStop, atStop + 1 <= exactPasses ?? Int.max {
+                        await Self.allowLastPass(client: client, outgoing: outgoing)
+                    }
                 case "RESUME": transitions.withLockedValue { $0.resumed = event.timestamp }
                 case "GUEST_PANICKED": ending.withLockedValue { $0 = "panicked" }
                 case "SHUTDOWN":
@@ -182,14 +198,14 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// is recorded. The pause lasts as long as QEMU's setup (a few milliseconds).
     @discardableResult
     public func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws -> Duration {
-        try await configureMigration(
-            parameters, outgoing: true, holdBeforeLastPass: exactPasses != nil && parameters.live && !parameters.postcopy)
+        let holds = exactPasses != nil && parameters.live && !parameters.postcopy
+        try await configureMigration(parameters, outgoing: true, holdBeforeLastPass: holds)
         let running = try await runState() == .running
         let pauseForSetup = running && parameters.live && pausesForTrackingSetup
         let pausedHere = running && (!parameters.live || pauseForSetup)
         if pausedHere { try await pause() }
         let paused = ContinuousClock.now
-        outgoing.withLockedValue { $0 = OutgoingMigration() }
+        outgoing.withLockedValue { $0 = OutgoingMigration(holdsBeforeLastPass: holds) }
         do {
             try await client.execute("migrate", ["uri": .string(address.qemuURI)])
         } catch {
@@ -220,8 +236,23 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// with the last pass counted (events arrive in order, so a pass announced before the STOP
     /// ran with the guest running, and the last pass is the one after it).
     public func migrationProgress() async throws -> MigrationProgress {
+        // The moment QEMU stops the guest for the last pass, its big lock is held until the guest
+        // is held (or the state is sent): a query would wait for that. The first report of that
+        // phase comes from the events alone, so that the destination hears of it at once.
+        let fromEvents = outgoing.withLockedValue { state -> MigrationProgress? in
+            guard let atStop = state.passesAtStop, !state.stopReported else { return nil }
+            state.stopReported = true
+            var progress = state.lastProgress
+            progress.status = .completing
+            progress.rounds = max(progress.rounds, atStop + 1)
+            return progress
+        }
+        if let fromEvents { return fromEvents }
         var progress = Self.progress(from: try await client.execute("query-migrate"))
-        let events = outgoing.withLockedValue { $0 }
+        let events = outgoing.withLockedValue { state in
+            state.lastProgress = progress
+            return state
+        }
         if progress.status == .active, let atStop = events.passesAtStop {
             progress.status = .completing
             progress.rounds = max(progress.rounds, atStop + 1)
@@ -237,12 +268,22 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// lets it go on if that pass is within the exact limit, gives the migration up otherwise
     /// (QEMU then resumes the guest here, and the destination never gets the end of the stream).
     private static func decideLastPass(client: QMPClient, outgoing: NIOLockedValueBox<OutgoingMigration>, exactPasses: Int?) async {
-        let lastPass = outgoing.withLockedValue { $0.passes } + 1
-        if let exactPasses, lastPass > exactPasses {
-            outgoing.withLockedValue { $0.abandonedAtPasses = lastPass }
+        let (passes, allowed) = outgoing.withLockedValue { ($0.passes, $0.lastPassAllowed) }
+        if allowed { return }
+        if let exactPasses, passes + 1 > exactPasses {
+            outgoing.withLockedValue { $0.abandonedAtPasses = passes + 1 }
             _ = try? await client.execute("migrate_cancel")
         } else {
-            _ = try? await client.execute("migrate-continue", ["state": "pre-switchover"])
+            await allowLastPass(client: client, outgoing: outgoing)
+        }
+    }
+
+    /// `migrate-continue`; refused while QEMU is not (yet) holding the guest, which is then
+    /// decided when it announces that it is.
+    private static func allowLastPass(client: QMPClient, outgoing: NIOLockedValueBox<OutgoingMigration>) async {
+        guard !outgoing.withLockedValue({ $0.lastPassAllowed }) else { return }
+        if (try? await client.execute("migrate-continue", ["state": "pre-switchover"])) != nil {
+            outgoing.withLockedValue { $0.lastPassAllowed = true }
         }
     }
 

@@ -114,3 +114,7 @@ open(out, "w").write("\n".join(names) + "\n")
 print(f"code-layout: {len(pages)} code pages touched ({len(pages) * 4} KiB); {len(names)} functions -> {out}",
       file=sys.stderr)
 PY
+
+# SwiftPM does not relink when only the order file changed.
+rm -f "$repo/.build-release/x86_64-unknown-linux-gnu/release/tern" "$repo/.build-release/x86_64-unknown-linux-gnu/release/ternd"
+"$repo/scripts/build-release.sh" > /dev/null
