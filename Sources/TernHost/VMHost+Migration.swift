@@ -201,8 +201,9 @@ extension VMHost {
         _ name: String, definition: VMDefinition, cpu: GuestCPU, cpuInfo: GuestCPUInfo, address: MigrationAddress,
         parameters: MigrationParameters, autostart: Bool, timeoutSeconds: Int?
     ) async throws -> (any VirtualMachineInstance, MigrationAddress) {
-        // The last incoming VM of this name may still be on its way out.
+        // The last incoming VM of this name, or the last one that left, may still be ending.
         if let underway = discarding[name] { await underway.value }
+        if let leaving = departing[name] { await leaving.value }
         let previous = try store.find(name)
         if let previous, previous.state != "shutoff" && previous.state != "crashed" {
             throw HostError.invalidState(name: name, state: previous.state, action: "receive another")
@@ -466,7 +467,7 @@ extension VMHost {
         downtimeMs += milliseconds(setupPause)
 
         // 4. Only now does this host stop and forget its copy.
-        await forget(name, vm)
+        forget(name, vm)
         let totalMs = milliseconds(clock.now - begin)
         return MigrationReport(
             vm: remote.vm, destination: request.destination, kind: request.parameters.live ? "live" : "non-live",
@@ -598,16 +599,32 @@ extension VMHost {
         }
     }
 
-    /// The VM runs elsewhere now: end this copy and remove its definition. Its console log
-    /// stays (as a record of what it printed here) until a VM of that name starts here again.
-    private func forget(_ name: String, _ vm: any VirtualMachineInstance) async {
+    /// The VM runs elsewhere now: remove its definition and end this copy. The move is reported
+    /// without waiting for the hypervisor process to be gone (`departing` makes a VM of the same
+    /// name wait for that). Its console log stays (as a record of what it printed here) until a
+    /// VM of that name starts here again.
+    private func forget(_ name: String, _ vm: any VirtualMachineInstance) {
         instances[name] = nil
-        try? await vm.destroy()  // returns once the process has ended (or been killed)
-        forgetDefinition(name)
+        try? store.delete(name)
+        let previous = departing[name]
+        let leaving = Task {
+            await previous?.value
+            try? await vm.destroy()  // returns once the process has ended (or been killed)
+            removeFiles(name)
+        }
+        departing[name] = leaving
+        Task {
+            await leaving.value
+            if departing[name] == leaving { departing[name] = nil }
+        }
     }
 
     private func forgetDefinition(_ name: String) {
         try? store.delete(name)
+        removeFiles(name)
+    }
+
+    private func removeFiles(_ name: String) {
         let vmFiles = files(name)
         for file in [vmFiles.controlSocket, vmFiles.consoleSocket, vmFiles.pidFile, vmFiles.hypervisorLog] {
             try? FileManager.default.removeItem(at: file)

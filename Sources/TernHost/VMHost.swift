@@ -28,6 +28,9 @@ public actor VMHost {
     /// Incoming VMs being discarded: done once their hypervisor has ended and what was there
     /// before is back. A new incoming VM of the same name waits for this.
     var discarding: [String: Task<Void, Never>] = [:]
+    /// VMs that moved to another host, whose hypervisor here is still ending: done once it has
+    /// and its files are gone. A VM of the same name started or received here waits for this.
+    var departing: [String: Task<Void, Never>] = [:]
     /// Where incoming migration streams are received (TCP).
     public private(set) var migrationHost = "127.0.0.1"
 
@@ -134,6 +137,7 @@ public actor VMHost {
         let definition = try VMDefinition(xml: record.definition)
         guard let offer = capabilities.guestOffer else { throw HostError.database("no guest offer") }
         let cpu = try map.guestCPU(try definition.cpuConfig(map: map), host: offer)
+        if let leaving = departing[name] { await leaving.value }
         let configuration = try configuration(definition, cpu: cpu)
         let vmFiles = files(name)
         try FileManager.default.createDirectory(at: vmFiles.directory, withIntermediateDirectories: true)
