@@ -161,25 +161,52 @@ public struct QEMUHypervisor: Hypervisor {
         command.arguments += extra
         let pid: Int32
         let process: Process?
+        let client: QMPClient
         if daemonize {
             // The launching QEMU exits once the daemonized one is set up (0) or has failed
             // (non-zero, its message on stderr). swift-subprocess closes every other descriptor in
-            // the child, so the daemon keeps none of ours open.
-            let launch: ExecutionResult<Void, DiscardedOutput, StringOutput<UTF8>>
-            do {
-                launch = try await Subprocess.run(
-                    .path(FilePath(command.binary)), arguments: Arguments(command.arguments), output: .discarded,
-                    error: .string(limit: 65536))
-            } catch {
-                throw HypervisorError.startFailed("cannot run \(command.binary): \(error)")
+            // the child, so the daemon keeps none of ours open. The control socket answers from
+            // the moment QEMU's set-up is done, a little before the launcher is seen to exit:
+            // whichever comes first ends the wait.
+            let launcher = LauncherOutcome()
+            let binary = command.binary
+            let arguments = command.arguments
+            Task {
+                do {
+                    let result = try await Subprocess.run(
+                        .path(FilePath(binary)), arguments: Arguments(arguments), output: .discarded,
+                        error: .string(limit: 65536))
+                    let message = result.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
+                    launcher.set(
+                        result.terminationStatus.isSuccess
+                            ? .success(())
+                            : .failure(message.isEmpty ? "QEMU exited with \(result.terminationStatus)" : message))
+                } catch {
+                    launcher.set(.failure("cannot run \(binary): \(error)"))
+                }
             }
-            guard launch.terminationStatus.isSuccess else {
-                let message = (launch.standardError ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-                throw HypervisorError.startFailed(message.isEmpty ? "QEMU exited with \(launch.terminationStatus)" : message)
+            phase(.spawned)
+            let deadline = ContinuousClock.now + .seconds(15)
+            var connected: QMPClient?
+            while connected == nil {
+                let outcome = launcher.value
+                if case .failure(let message)? = outcome { throw HypervisorError.startFailed(message) }
+                if FileManager.default.fileExists(atPath: files.controlSocket.path) {
+                    connected = try? await QMPClient.connect(path: files.controlSocket.path)
+                    if connected != nil { break }
+                    // Refused or closed: QEMU may be failing; its launcher says so in a moment.
+                }
+                if ContinuousClock.now > deadline {
+                    throw HypervisorError.timeout("QEMU's QMP socket \(files.controlSocket.path)")
+                }
+                try await Task.sleep(for: .milliseconds(1))
             }
+            client = connected!
             guard let text = try? String(contentsOf: files.pidFile, encoding: .utf8),
                 let value = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-            else { throw HypervisorError.startFailed("QEMU wrote no pid file") }
+            else {
+                throw HypervisorError.startFailed("QEMU wrote no pid file")
+            }
             pid = value
             process = nil
         } else {
@@ -188,23 +215,22 @@ public struct QEMUHypervisor: Hypervisor {
             let child = Process()
             child.executableURL = URL(fileURLWithPath: command.binary)
             child.arguments = command.arguments
-            FileManager.default.createFile(atPath: files.hypervisorLog.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: files.hypervisorLog.path, contents: nil)
             let stderr = try FileHandle(forWritingTo: files.hypervisorLog)
             child.standardError = stderr
             do { try child.run() } catch { throw HypervisorError.notInstalled(command.binary) }
             try? stderr.close()
             pid = child.processIdentifier
             process = child
-        }
-        phase(.spawned)
-        let client: QMPClient
-        do {
-            client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path, pid: pid, process: process)
-        } catch HypervisorError.startFailed {
-            throw HypervisorError.startFailed(hypervisorMessages(files))
-        } catch {
-            kill(pid, SIGKILL)
-            throw error
+            phase(.spawned)
+            do {
+                client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path, pid: pid, process: process)
+            } catch HypervisorError.startFailed {
+                throw HypervisorError.startFailed(hypervisorMessages(files))
+            } catch {
+                kill(pid, SIGKILL)
+                throw error
+            }
         }
         phase(.controlReady)
         return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: process,
@@ -227,6 +253,17 @@ public struct QEMUHypervisor: Hypervisor {
         let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
         return trimmed.isEmpty ? "QEMU exited without a message" : trimmed
     }
+}
+
+/// The exit of a daemonizing QEMU's launcher: nil while it runs; success; or failure with QEMU's message.
+private final class LauncherOutcome: Sendable {
+    enum Outcome: Sendable {
+        case success(Void)
+        case failure(String)
+    }
+    private let box = NIOLockedValueBox<Outcome?>(nil)
+    var value: Outcome? { box.withLockedValue { $0 } }
+    func set(_ outcome: Outcome) { box.withLockedValue { $0 = outcome } }
 }
 
 /// How long each phase of starting a VM took, measured from the start request.
