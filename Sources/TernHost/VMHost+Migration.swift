@@ -606,9 +606,8 @@ extension VMHost {
     private func forget(_ name: String, _ vm: any VirtualMachineInstance) {
         instances[name] = nil
         try? store.delete(name)
-        let previous = departing[name]
+        // (An earlier departure of this name has ended: the VM could not have come back before.)
         let leaving = Task {
-            await previous?.value
             try? await vm.destroy()  // returns once the process has ended (or been killed)
             removeFiles(name)
         }

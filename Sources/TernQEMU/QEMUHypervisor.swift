@@ -179,18 +179,17 @@ public struct QEMUHypervisor: Hypervisor {
                     let message = result.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
                     launcher.set(
                         result.terminationStatus.isSuccess
-                            ? .success(())
-                            : .failure(message.isEmpty ? "QEMU exited with \(result.terminationStatus)" : message))
+                            ? .succeeded
+                            : .failed(message.isEmpty ? "QEMU exited with \(result.terminationStatus)" : message))
                 } catch {
-                    launcher.set(.failure("cannot run \(binary): \(error)"))
+                    launcher.set(.failed("cannot run \(binary): \(error)"))
                 }
             }
             phase(.spawned)
             let deadline = ContinuousClock.now + .seconds(15)
             var connected: QMPClient?
             while connected == nil {
-                let outcome = launcher.value
-                if case .failure(let message)? = outcome { throw HypervisorError.startFailed(message) }
+                if case .failed(let message)? = launcher.value { throw HypervisorError.startFailed(message) }
                 if FileManager.default.fileExists(atPath: files.controlSocket.path) {
                     connected = try? await QMPClient.connect(path: files.controlSocket.path)
                     if connected != nil { break }
@@ -255,11 +254,11 @@ public struct QEMUHypervisor: Hypervisor {
     }
 }
 
-/// The exit of a daemonizing QEMU's launcher: nil while it runs; success; or failure with QEMU's message.
+/// How a daemonizing QEMU's launcher ended (nil while it runs); a failure carries QEMU's message.
 private final class LauncherOutcome: Sendable {
     enum Outcome: Sendable {
-        case success(Void)
-        case failure(String)
+        case succeeded
+        case failed(String)
     }
     private let box = NIOLockedValueBox<Outcome?>(nil)
     var value: Outcome? { box.withLockedValue { $0 } }
@@ -268,7 +267,7 @@ private final class LauncherOutcome: Sendable {
 
 /// How long each phase of starting a VM took, measured from the start request.
 public struct QEMUStartTimings: Sendable, Equatable {
-    /// QEMU launched (for a daemonized QEMU: its launcher has exited).
+    /// QEMU launched (its process started; a daemonizing one is then waited for at its control socket).
     public var spawned: Duration = .zero
     /// QMP answered (QEMU's own set-up, paid by any way of starting QEMU).
     public var controlReady: Duration = .zero
