@@ -376,10 +376,10 @@ import Glibc
 
     /// Starts a slow (capped) migration in the background and waits until the destination is
     /// receiving. Returns the running `tern migrate` and the receiving QEMU's pid.
-    func startSlowMigration(_ name: String, from a: TestDaemon, to b: TestDaemon) throws -> (Process, Pipe, Int32) {
+    func startSlowMigration(_ name: String, from a: TestDaemon, to b: TestDaemon, _ options: [String] = []) throws -> (Process, Pipe, Int32) {
         let process = Process()
         process.executableURL = packageRoot.appendingPathComponent(".build/debug/tern")
-        process.arguments = ["migrate", name, "--to", b.socket, "--bandwidth", "8", "--connect", a.socket]
+        process.arguments = ["migrate", name, "--to", b.socket, "--bandwidth", "8", "--connect", a.socket] + options
         let pipe = Pipe()
         process.standardError = pipe
         process.standardOutput = FileHandle.nullDevice
@@ -459,6 +459,28 @@ import Glibc
             // ... and the restarted daemon ends it and forgets it.
             try b.start()
             #expect(try state("orphan", on: b) == nil)
+            #expect(kill(qemu, 0) != 0 || (try? String(contentsOfFile: "/proc/\(qemu)/stat", encoding: .utf8))?.contains(") Z") == true)
+        }
+    }
+
+    /// The whole state arrives, but the daemon that would confirm it is gone: the source keeps
+    /// the VM running, and the received copy, never told to run, never does.
+    @Test func aDestinationDaemonGoneBeforeConfirmingNeverLeavesTwoRunningCopies() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("unconfirmed", on: a)
+            // Non-live: one pass, which ends with the whole state sent however slowly it goes.
+            let (process, pipe, qemu) = try startSlowMigration("unconfirmed", from: a, to: b, ["--no-live"])
+            b.kill()  // the daemon, not its QEMU, which receives the rest of the stream
+            process.waitUntilExit()
+            let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus != 0)
+            #expect(err.contains("during confirmation") && err.contains("the VM is running on the source"), "\(err)")
+            #expect(try state("unconfirmed", on: a) == "running")
+            let last = a.lastCounter("unconfirmed")
+            #expect(a.waitForConsole("unconfirmed", "TERN-GUEST: counter \(last + 3)"))
+            #expect(!b.consoleLog("unconfirmed").contains("TERN-GUEST: counter"), "the received copy ran")
+            try b.start()
+            #expect(try state("unconfirmed", on: b) == nil)
             #expect(kill(qemu, 0) != 0 || (try? String(contentsOfFile: "/proc/\(qemu)/stat", encoding: .utf8))?.contains(") Z") == true)
         }
     }
