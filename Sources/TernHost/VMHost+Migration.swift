@@ -606,15 +606,12 @@ extension VMHost {
     private func forget(_ name: String, _ vm: any VirtualMachineInstance) {
         instances[name] = nil
         try? store.delete(name)
-        // (An earlier departure of this name has ended: the VM could not have come back before.)
-        let leaving = Task {
+        // No other departure of this name is underway: the VM could not have come back before
+        // the last one ended.
+        departing[name] = Task {
             try? await vm.destroy()  // returns once the process has ended (or been killed)
             removeFiles(name)
-        }
-        departing[name] = leaving
-        Task {
-            await leaving.value
-            if departing[name] == leaving { departing[name] = nil }
+            departing[name] = nil
         }
     }
 

@@ -71,7 +71,7 @@ public struct QEMUCapabilities: Codable, Sendable, Equatable {
         defer { if process.isRunning { process.terminate() } }
         let client: QMPClient
         do {
-            client = try await connectWhenReady(socket: socket, pid: process.processIdentifier, process: process)
+            client = try await connectWhenReady(socket: socket) { process.isRunning ? nil : "QEMU exited" }
         } catch HypervisorError.startFailed {
             let message = String(decoding: stderr.fileHandleForReading.availableData, as: UTF8.self)
             throw HypervisorError.startFailed(message.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -97,17 +97,20 @@ public struct QEMUCapabilities: Codable, Sendable, Equatable {
             version: version, accelerator: accelerator, properties: properties, unavailableFeatures: unavailable, key: key)
     }
 
-    /// Connects to a freshly started QEMU's QMP socket, retrying until it listens or QEMU exits.
-    static func connectWhenReady(socket: String, pid: Int32, process: Process?, timeout: Double = 15) async throws -> QMPClient {
-        let deadline = Date().addingTimeInterval(timeout)
+    /// Connects to a freshly started QEMU's QMP socket, retrying until it answers, until `ended`
+    /// says why it never will (QEMU, or the process that launched it, has ended: its message),
+    /// or for at most `timeout`.
+    static func connectWhenReady(
+        socket: String, timeout: Duration = .seconds(15), ended: () -> String?
+    ) async throws -> QMPClient {
+        let deadline = ContinuousClock.now + timeout
         while true {
+            if let message = ended() { throw HypervisorError.startFailed(message) }
             if FileManager.default.fileExists(atPath: socket), let client = try? await QMPClient.connect(path: socket) {
                 return client
             }
-            let alive = process.map(\.isRunning) ?? QEMUVirtualMachine.isAlive(pid)
-            if !alive { throw HypervisorError.startFailed("QEMU exited") }
-            if Date() > deadline { throw HypervisorError.timeout("QEMU's QMP socket \(socket)") }
-            try await Task.sleep(for: .milliseconds(2))
+            if ContinuousClock.now > deadline { throw HypervisorError.timeout("QEMU's QMP socket \(socket)") }
+            try await Task.sleep(for: .milliseconds(1))
         }
     }
 }

@@ -186,21 +186,10 @@ public struct QEMUHypervisor: Hypervisor {
                 }
             }
             phase(.spawned)
-            let deadline = ContinuousClock.now + .seconds(15)
-            var connected: QMPClient?
-            while connected == nil {
-                if case .failed(let message)? = launcher.value { throw HypervisorError.startFailed(message) }
-                if FileManager.default.fileExists(atPath: files.controlSocket.path) {
-                    connected = try? await QMPClient.connect(path: files.controlSocket.path)
-                    if connected != nil { break }
-                    // Refused or closed: QEMU may be failing; its launcher says so in a moment.
-                }
-                if ContinuousClock.now > deadline {
-                    throw HypervisorError.timeout("QEMU's QMP socket \(files.controlSocket.path)")
-                }
-                try await Task.sleep(for: .milliseconds(1))
+            // A refused or closed connection may be QEMU failing: its launcher says so in a moment.
+            client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path) {
+                if case .failed(let message)? = launcher.value { message } else { nil }
             }
-            client = connected!
             guard let text = try? String(contentsOf: files.pidFile, encoding: .utf8),
                 let value = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
             else {
@@ -223,7 +212,9 @@ public struct QEMUHypervisor: Hypervisor {
             process = child
             phase(.spawned)
             do {
-                client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path, pid: pid, process: process)
+                client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path) {
+                    child.isRunning ? nil : "QEMU exited"
+                }
             } catch HypervisorError.startFailed {
                 throw HypervisorError.startFailed(hypervisorMessages(files))
             } catch {
