@@ -192,9 +192,7 @@ public struct QEMUHypervisor: Hypervisor {
             }
             guard let text = try? String(contentsOf: files.pidFile, encoding: .utf8),
                 let value = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-            else {
-                throw HypervisorError.startFailed("QEMU wrote no pid file")
-            }
+            else { throw HypervisorError.startFailed("QEMU wrote no pid file") }
             pid = value
             process = nil
         } else {
