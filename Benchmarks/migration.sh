@@ -18,12 +18,16 @@
 # migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE'.
 #
 # Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build-release/release] [TERN_ARGS="--connections 1"] [KEEP=1]
-#        Benchmarks/migration.sh
+#        [CASES="idle dirty"] [METHODS="tern qemu virsh save"] Benchmarks/migration.sh
+# (CASES and METHODS narrow a run down for experiments; the figures to report come from a full run.)
 # Needs root (QEMU, libvirt). TCG only.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 RUNS=${RUNS:-3}
+CASES=${CASES:-idle dirty}
+METHODS=${METHODS:-tern qemu virsh save}
+wants() { [[ " $METHODS " == *" $1 "* ]]; }
 MEMORY=${MEMORY:-1024}
 DIRTY_MB=${DIRTY_MB:-256}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
@@ -410,17 +414,19 @@ for d in a b; do
     for ((i = 0; i < 600; i++)); do "$TERN" list --connect "$work/$d/ternd.sock" >/dev/null 2>&1 && break; nap 0.1; done
 done
 
-for c in idle dirty; do
-    log "case $c: tern ($RUNS runs)"
-    bench_tern "$c"
-    log "case $c: plain QEMU ($RUNS runs)"
-    bench_qemu "$c"
-    log "case $c: virsh migrate ($RUNS runs)"
-    bench_virsh "$c" || log "virsh: $VIRSH_REASON"
+for c in $CASES; do
+    wants tern && { log "case $c: tern ($RUNS runs)"; bench_tern "$c"; }
+    wants qemu && { log "case $c: plain QEMU ($RUNS runs)"; bench_qemu "$c"; }
+    if wants virsh; then
+        log "case $c: virsh migrate ($RUNS runs)"
+        bench_virsh "$c" || log "virsh: $VIRSH_REASON"
+    fi
 done
 libvirt_down
-log "save/restore ($RUNS runs)"
-bench_save_restore
+if wants save; then
+    log "save/restore ($RUNS runs)"
+    bench_save_restore
+fi
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -439,13 +445,13 @@ for c in idle dirty; do
             "$(awk -v b="$b" -v t="$t" 'BEGIN { printf "%.0f", b / 1048576 / (t / 1000) }')"
     done
     for m in qemu virsh; do
-        [[ -n ${RESULT[$m,$c,total]:-} ]] || continue
+        [[ -n ${RESULT[$m,$c,total]:-} && -n ${RESULT[tern,$c,total]:-} ]] || continue
         printf '%-7s %-6s %10s %10s\n' "$c" "t/$m" \
             "$(ratio "$(median ${RESULT[tern,$c,total]})" "$(median ${RESULT[$m,$c,total]})")" \
             "$(ratio "$(median ${RESULT[tern,$c,downtime]})" "$(median ${RESULT[$m,$c,downtime]})")"
     done
 done
-echo "virsh: $VIRSH_REASON"
+wants virsh && echo "virsh: $VIRSH_REASON"
 echo "Every run, in order (total ms / downtime ms / passes over memory; n: non-live, the live attempt"
 echo "given up); the first move of a freshly booted guest is the slowest. Under TCG a live move of 4 or"
 echo "more passes (!) may have lost guest writes: QEMU's dirty tracking misses some (see README.md)."
@@ -464,6 +470,7 @@ for c in idle dirty; do
         printf '  %-6s %-6s%s\n' "$c" "$m" "$line"
     done
 done
+wants save || exit 0
 echo
 echo "Save and restore, ${MEMORY} MiB idle guest, medians of $RUNS runs"
 printf '%-6s %10s %12s %10s\n' method save_ms restore_ms file_MiB
