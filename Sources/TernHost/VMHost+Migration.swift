@@ -376,6 +376,9 @@ extension VMHost {
         let exactPasses = transfer.running && request.parameters.live ? hypervisor.exactLiveMigrationPasses : nil
 
         // 1. The destination runs the compatibility check and prepares; nothing moves before.
+        // Meanwhile this side applies the migration's settings (`stream` applies them otherwise).
+        let settingUp = Task { try await vm.prepareMigration(request.parameters) }
+        defer { settingUp.cancel() }
         let reply: IncomingMigrationReply
         do {
             reply = try await destination.post(
@@ -398,6 +401,7 @@ extension VMHost {
         let finishPath = "/migrations/incoming/\(name)/finish"
         var setupPause = Duration.zero
         do {
+            _ = try? await settingUp.value
             setupPause = try await vm.migrate(to: reply.address, parameters: request.parameters)
             final = try await follow(
                 name, vm, timeoutSeconds: request.timeoutSeconds.map { max(1, $0 - seconds(clock.now - begin)) },

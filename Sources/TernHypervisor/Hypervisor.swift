@@ -31,8 +31,9 @@ public protocol Hypervisor: Sendable {
 
     /// How many passes over guest memory (the first and the last included) a live migration of
     /// a running guest may make and still deliver an exact copy of its memory; nil when any
-    /// number may. The hypervisor itself never sends the last pass of a live pre-copy migration
-    /// that would exceed it: it gives the migration up instead (``MigrationProgress/Status/abandoned``),
+    /// number may. The backend keeps a live migration within it where it can (QEMU under TCG,
+    /// with no downtime limit asked for, makes two passes), and never sends the last pass of a
+    /// live pre-copy migration that would exceed it: it gives the migration up instead (``MigrationProgress/Status/abandoned``),
     /// the guest goes on running here, and Tern moves it again without running during the
     /// transfer (``MigrationParameters/live`` false).
     var exactLiveMigrationPasses: Int? { get }
@@ -56,6 +57,9 @@ public protocol VirtualMachineInstance: Sendable {
     func destroy() async throws
     /// The features the guest was really given, read back from the running hypervisor.
     func guestFeatures() async throws -> [String]
+    /// Applies an outgoing migration's settings ahead of ``migrate(to:parameters:)``, while the
+    /// destination is still getting ready; `migrate` applies them itself when this was not done.
+    func prepareMigration(_ parameters: MigrationParameters) async throws
     /// Sends the VM's state to `address` (where an incoming VM or a save file waits). A running
     /// guest keeps running until the last pass (unless `parameters.live` is false: then it is
     /// paused first); once completed it stays stopped here.

@@ -23,7 +23,10 @@ public enum MigrationAddress: Sendable, Equatable, Codable, CustomStringConverti
 
 /// How a migration runs.
 public struct MigrationParameters: Sendable, Equatable, Codable {
-    /// The longest the guest may be stopped at the end, in milliseconds (nil: the hypervisor's default).
+    /// The longest the guest may be stopped at the end, in milliseconds: the hypervisor makes
+    /// more passes while it expects a longer stop. Nil: the backend's default (QEMU's own under
+    /// KVM; under TCG, one pass with the guest running and then the last, which keeps the copy
+    /// exact — see ``Hypervisor/exactLiveMigrationPasses``).
     public var maxDowntimeMs: Int?
     /// The bandwidth cap in MiB/s (nil: no cap).
     public var bandwidthMiBps: Int?

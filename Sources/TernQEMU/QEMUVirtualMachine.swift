@@ -37,6 +37,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// phase); and, when it was given up before its last pass for needing too many, the passes
     /// it would have made.
     private let outgoing = NIOLockedValueBox(OutgoingMigration())
+    /// The settings ``prepareMigration(_:)`` applied for the next outgoing migration.
+    private let outgoingSettings = NIOLockedValueBox<MigrationParameters?>(nil)
     struct OutgoingMigration {
         var passes = 0
         var passesAtStop: Int?
@@ -49,13 +51,23 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         var stopReported = false
         /// What QEMU last answered about this migration.
         var lastProgress = MigrationProgress(status: .active)
+        /// The guest was paused while QEMU set up tracking; whether `cont` was sent since, and
+        /// how that went.
+        var pausedForSetup = false
+        var setupResumeSent = false
+        var setupOutcome: SetupOutcome?
+        enum SetupOutcome {
+            case resumed, lastPassBegan
+            case failed(QMPError)
+        }
     }
     /// The passes over memory (the first and the last included) up to which QEMU's dirty-page
     /// tracking is exact for this VM (nil: no limit; see
     /// ``QEMUHypervisor/exactLiveMigrationPasses``). With a limit, a running guest is paused
-    /// while an outgoing live migration starts tracking, and QEMU holds the guest stopped before
-    /// its last pass until this VM has counted the passes: it lets the last pass go only if it is
-    /// within the limit, and otherwise gives the migration up (reported as `.abandoned`).
+    /// while an outgoing live migration starts tracking, and the migration makes two passes (or,
+    /// with a downtime limit asked for, QEMU holds the guest stopped before its last pass until
+    /// this VM has counted the passes: it lets the last pass go only if it is within the limit,
+    /// and otherwise gives the migration up, reported as `.abandoned`). See ``migrate(to:parameters:)``.
     let exactPasses: Int?
     var pausesForTrackingSetup: Bool { exactPasses != nil }
 
@@ -78,8 +90,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             for await event in client.events {
                 switch event.name {
                 case "MIGRATION":
-                    if event.data?["status"]?.string == "pre-switchover" {
-                        await Self.decideLastPass(client: client, outgoing: outgoing, exactPasses: exactPasses)
+                    switch event.data?["status"]?.string {
+                    case "active": await Self.resumeAfterSetup(client: client, outgoing: outgoing)
+                    case "pre-switchover": await Self.decideLastPass(client: client, outgoing: outgoing, exactPasses: exactPasses)
+                    default: break
                     }
                     migrationSignal.fire()
                 case "MIGRATION_PASS":
@@ -196,16 +210,28 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// without a trace. QEMU flushes the vCPUs' TLBs when tracking starts; with the guest paused
     /// from before that flush until the first pass is over, every later first write to a page
     /// is recorded. The pause lasts as long as QEMU's setup (a few milliseconds).
+    ///
+    /// Which passes follow depends on the downtime limit. QEMU begins a new pass (clearing the
+    /// dirty bits again) whenever what is left to send falls below the limit's worth of data, and
+    /// switches over when what is dirty after that is below it too. A pass begun with the guest
+    /// running is harmless only if nothing is sent between it and the stop for the last pass
+    /// (see ``QEMUHypervisor/exactLiveMigrationPasses``). So with an exact-pass limit and no
+    /// downtime limit asked for, the limit is 0: QEMU sends every page once with the guest
+    /// running, then stops it and sends what it dirtied meanwhile — two passes, never more, and
+    /// nothing to decide before the last. With a downtime limit or auto-converge asked for, QEMU
+    /// converges as it sees fit, and holds the guest stopped before its last pass until this VM has counted the
+    /// passes (``decideLastPass``).
     @discardableResult
     public func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws -> Duration {
-        let holds = exactPasses != nil && parameters.live && !parameters.postcopy
-        try await configureMigration(parameters, outgoing: true, holdBeforeLastPass: holds)
+        let holds = holdsBeforeLastPass(parameters)
+        if outgoingSettings.withLockedValue({ $0 }) != parameters { try await prepareMigration(parameters) }
+        outgoingSettings.withLockedValue { $0 = nil }
         let running = try await runState() == .running
         let pauseForSetup = running && parameters.live && pausesForTrackingSetup
         let pausedHere = running && (!parameters.live || pauseForSetup)
         if pausedHere { try await pause() }
         let paused = ContinuousClock.now
-        outgoing.withLockedValue { $0 = OutgoingMigration(holdsBeforeLastPass: holds) }
+        outgoing.withLockedValue { $0 = OutgoingMigration(holdsBeforeLastPass: holds, pausedForSetup: pauseForSetup) }
         do {
             try await client.execute("migrate", ["uri": .string(address.qemuURI)])
         } catch {
@@ -213,23 +239,67 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             throw error
         }
         guard pauseForSetup else { return .zero }
-        // QEMU reports "setup" until its first pass is done.
-        var progress = try await migrationProgress()
-        while progress.status == .setup {
-            await waitForMigrationChange(upTo: .milliseconds(5))
-            progress = try await migrationProgress()
+        // QEMU reports "setup" until its first pass has begun; its MIGRATION event for "active"
+        // lets the guest go on at once (``resumeAfterSetup``). Asked rarely meanwhile, in case.
+        while true {
+            if let outcome = outgoing.withLockedValue({ $0.setupOutcome }) {
+                switch outcome {
+                case .resumed: return ContinuousClock.now - paused
+                // Not resumed (the last pass began during the pause): the pause is part of the
+                // downtime that the guest's last STOP starts, so it is not returned separately.
+                case .lastPassBegan: return .zero
+                case .failed(let error): throw error
+                }
+            }
+            await waitForMigrationChange(upTo: .milliseconds(20))
+            if outgoing.withLockedValue({ $0.setupOutcome }) != nil { continue }
+            let status = try await migrationProgress().status
+            if status == .active || status == .completing {
+                await Self.resumeAfterSetup(client: client, outgoing: outgoing)
+            } else if status != .setup {
+                return .zero  // it ended during the pause: the caller finds out why
+            }
         }
-        // Not resumed (the last pass began during the pause): the pause is part of the downtime
-        // that the guest's last STOP starts, so it is not returned separately.
-        guard progress.status == .active else { return .zero }
+    }
+
+    /// After the setup pause: `cont`, once (from QEMU's "active" event or the fallback query).
+    private static func resumeAfterSetup(client: QMPClient, outgoing: NIOLockedValueBox<OutgoingMigration>) async {
+        let go = outgoing.withLockedValue { state in
+            guard state.pausedForSetup, !state.setupResumeSent else { return false }
+            state.setupResumeSent = true
+            return true
+        }
+        guard go else { return }
+        let outcome: OutgoingMigration.SetupOutcome
         do {
             try await client.execute("cont")
+            outcome = .resumed
         } catch {
             // "Not finalized": already in its last pass, which stops the guest anyway.
-            guard case QMPError.commandFailed(_, _, let message) = error, message.contains("not finalized") else { throw error }
-            return .zero
+            if case .commandFailed(_, _, let message) = error, message.contains("not finalized") {
+                outcome = .lastPassBegan
+            } else {
+                outcome = .failed(error)
+            }
         }
-        return ContinuousClock.now - paused
+        outgoing.withLockedValue { $0.setupOutcome = outcome }
+    }
+
+    public func prepareMigration(_ parameters: MigrationParameters) async throws {
+        let exactLimited = exactPasses != nil && parameters.live && !parameters.postcopy
+        try await configureMigration(
+            parameters, outgoing: true, holdBeforeLastPass: holdsBeforeLastPass(parameters),
+            downtimeLimitMs: exactLimited && !holdsBeforeLastPass(parameters)
+                ? 0 : parameters.maxDowntimeMs ?? Self.defaultDowntimeLimitMs)
+        outgoingSettings.withLockedValue { $0 = parameters }
+    }
+
+    /// Whether QEMU holds the guest before the last pass of an outgoing migration: under an
+    /// exact-pass limit, when QEMU converges its own way (a downtime limit or auto-converge asked
+    /// for). Otherwise the limit is kept by making two passes (see ``migrate(to:parameters:)``).
+    private func holdsBeforeLastPass(_ parameters: MigrationParameters) -> Bool {
+        exactPasses != nil && parameters.live && !parameters.postcopy
+            && (parameters.maxDowntimeMs != nil || parameters.autoConverge)
     }
 
     /// Once QEMU has stopped the guest for the last pass, that phase is reported as completing,
@@ -308,7 +378,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     /// Migration capabilities must match on both sides; parameters that shape the sending only
     /// matter on the source.
-    private func configureMigration(_ parameters: MigrationParameters, outgoing: Bool, holdBeforeLastPass: Bool = false) async throws {
+    private func configureMigration(
+        _ parameters: MigrationParameters, outgoing: Bool, holdBeforeLastPass: Bool = false,
+        downtimeLimitMs: Int = defaultDowntimeLimitMs
+    ) async throws {
         var capabilities: [JSONValue] = [
             ["capability": "events", "state": true],  // MIGRATION events: no need to poll closely
             ["capability": "multifd", "state": .bool((parameters.connections ?? 1) > 1)],
@@ -326,10 +399,14 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             // No cap unless one is asked for (QEMU's own default is 32 MiB/s).
             let bandwidth = parameters.bandwidthMiBps.map { Double($0) * 1_048_576 } ?? Double(1 << 40)
             settings["max-bandwidth"] = .number(bandwidth)
-            if let downtime = parameters.maxDowntimeMs { settings["downtime-limit"] = .number(Double(downtime)) }
+            // Set every time, like the capabilities.
+            settings["downtime-limit"] = .number(Double(downtimeLimitMs))
         }
         if !settings.isEmpty { try await client.execute("migrate-set-parameters", settings) }
     }
+
+    /// QEMU's own default downtime limit, in milliseconds.
+    static let defaultDowntimeLimitMs = 300
 
     public func waitForMigrationChange(upTo limit: Duration) async {
         await migrationSignal.wait(upTo: limit)

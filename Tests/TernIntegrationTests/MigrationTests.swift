@@ -121,7 +121,7 @@ import Glibc
     /// after move: every checksum pass it completes on the destinations is "ok". Under TCG,
     /// QEMU's dirty tracking misses writes once a live migration makes more than 3 passes (a
     /// `--max-downtime` of 20 ms often needs more): such a move must never be committed live,
-    /// but made again with the guest paused.
+    /// but made again with the guest paused. A default move makes two passes, so it is always live.
     @Test func memoryArrivesIntactMoveAfterMove() throws {
         try withTwoDaemons(nil, nil) { a, b in
             try boot("keeper", on: a, mode: "memcheck tern.dirty_mb=24")
@@ -133,6 +133,8 @@ import Glibc
                 try #require(run.status == 0, "move \(move) \(options): \(run.err)")
                 if options == ["--no-live"] {
                     #expect(run.out.contains("(non-live)"), "\(run.out)")
+                } else if options.isEmpty {
+                    #expect(run.out.contains("(live)") && Self.rounds(in: run.out) == 2, "move \(move): \(run.out)")
                 } else if run.out.contains("(live)") {
                     // Committed live: at most the 3 passes TCG tracks exactly.
                     let rounds = Self.rounds(in: run.out)

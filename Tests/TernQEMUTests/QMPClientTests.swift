@@ -9,23 +9,28 @@ import Testing
 
 /// A scripted QMP server on a unix socket: greets, then answers each command by name. With
 /// `running`, the guest runs (until a `stop`) and an outgoing migration is in setup for its
-/// first query, then active.
+/// first query, then active (and, with `announcesActive`, says so at once with a MIGRATION event).
 final class FakeQMPServer: Sendable {
     let path: String
     let channel: any Channel
     /// Every command received, in order.
     let commands = NIOLockedValueBox<[String]>([])
+    /// The arguments of every command received, by command (the last one of each name).
+    let arguments = NIOLockedValueBox<[String: JSONValue]>([:])
 
-    init(running: Bool = false, passesBeforeStop: Int? = nil, holdsBeforeLastPass: Bool = false) async throws {
+    init(
+        running: Bool = false, passesBeforeStop: Int? = nil, holdsBeforeLastPass: Bool = false, announcesActive: Bool = false
+    ) async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("qmp-\(UUID().uuidString.prefix(8)).sock").path
         let commands = self.commands
+        let arguments = self.arguments
         channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         Handler(
                             running: running, passesBeforeStop: passesBeforeStop, holdsBeforeLastPass: holdsBeforeLastPass,
-                            commands: commands))
+                            announcesActive: announcesActive, commands: commands, arguments: arguments))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
@@ -44,6 +49,9 @@ final class FakeQMPServer: Sendable {
         let running: NIOLockedValueBox<Bool>
         let migrationQueries = NIOLockedValueBox(0)
         let commands: NIOLockedValueBox<[String]>
+        let arguments: NIOLockedValueBox<[String: JSONValue]>
+        /// `migrate` is followed by a MIGRATION event saying "active" (QEMU's first pass has begun).
+        let announcesActive: Bool
 
         /// When set, `query-migrate` is preceded by that many MIGRATION_PASS events and a STOP:
         /// QEMU stopping the guest for its last pass.
@@ -54,7 +62,12 @@ final class FakeQMPServer: Sendable {
         let holdsBeforeLastPass: Bool
         let switchover = NIOLockedValueBox<String?>(nil)
 
-        init(running: Bool, passesBeforeStop: Int?, holdsBeforeLastPass: Bool = false, commands: NIOLockedValueBox<[String]>) {
+        init(
+            running: Bool, passesBeforeStop: Int?, holdsBeforeLastPass: Bool = false, announcesActive: Bool = false,
+            commands: NIOLockedValueBox<[String]>, arguments: NIOLockedValueBox<[String: JSONValue]>
+        ) {
+            self.announcesActive = announcesActive
+            self.arguments = arguments
             self.passesBeforeStop = passesBeforeStop
             self.holdsBeforeLastPass = holdsBeforeLastPass
             self.running = NIOLockedValueBox(running)
@@ -73,6 +86,7 @@ final class FakeQMPServer: Sendable {
                     let command = message["execute"]?.string, let id = message["id"]?.int
                 else { continue }
                 commands.withLockedValue { $0.append(command) }
+                arguments.withLockedValue { $0[command] = message["arguments"] ?? .null }
                 switch command {
                 case "query-status" where running.withLockedValue({ $0 }):
                     send(context, #"{"return": {"status": "running", "running": true}, "id": \#(id)}"#)
@@ -121,6 +135,9 @@ final class FakeQMPServer: Sendable {
                         running.withLockedValue { $0 = true }
                         send(context, #"{"return": {}, "id": \#(id)}"#)
                     }
+                case "migrate" where announcesActive:
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
+                    send(context, #"{"event": "MIGRATION", "data": {"status": "active"}, "timestamp": {"seconds": 1, "microseconds": 0}}"#)
                 case "boom":
                     send(context, #"{"error": {"class": "GenericError", "desc": "it broke"}, "id": \#(id)}"#)
                 case "echo":
@@ -229,6 +246,50 @@ final class FakeQMPServer: Sendable {
         await server.close()
     }
 
+    /// QEMU's MIGRATION event for "active" lets the guest paused for tracking setup go on at
+    /// once, without a query in between (every query waits for QEMU's big lock).
+    @Test func theGuestGoesOnAsSoonAsQEMUAnnouncesTheFirstPass() async throws {
+        let server = try await FakeQMPServer(running: true, announcesActive: true)
+        let client = try await QMPClient.connect(path: server.path)
+        let vm = QEMUVirtualMachine(
+            name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+            map: try CPUMap.builtin(), child: nil, exactPasses: 3)
+        let pause = try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters())
+        let sent = server.commands.withLockedValue { $0 }
+        let afterMigrate = sent.drop { $0 != "migrate" }
+        #expect(Array(afterMigrate) == ["migrate", "cont"], "\(sent)")
+        #expect(pause > .zero)
+        await client.close()
+        await server.close()
+    }
+
+    /// Where tracking is exact only up to some passes, a live migration with no downtime limit
+    /// asked for gets QEMU's limit 0: one pass with the guest running, then the stop and the
+    /// last pass, with nothing to decide in between. A downtime limit or auto-converge asked for
+    /// lets QEMU converge its own way, held before its last pass; elsewhere QEMU's defaults hold.
+    @Test(arguments: [
+        (3, nil, false, 0, false), (3, 100, false, 100, true), (3, nil, true, 300, true), (nil, nil, false, 300, false),
+        (nil, 50, false, 50, false),
+    ] as [(Int?, Int?, Bool, Int, Bool)])
+    func aLiveMigrationUnderAnExactLimitMakesOneRunningPass(
+        exactPasses: Int?, maxDowntimeMs: Int?, autoConverge: Bool, downtimeLimit: Int, holds: Bool
+    ) async throws {
+        let server = try await FakeQMPServer(running: true, announcesActive: true)
+        let client = try await QMPClient.connect(path: server.path)
+        let vm = QEMUVirtualMachine(
+            name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+            map: try CPUMap.builtin(), child: nil, exactPasses: exactPasses)
+        try await vm.migrate(
+            to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters(maxDowntimeMs: maxDowntimeMs, autoConverge: autoConverge))
+        let parameters = server.arguments.withLockedValue { $0["migrate-set-parameters"] }
+        #expect(parameters?["downtime-limit"]?.int == downtimeLimit)
+        let capabilities = server.arguments.withLockedValue { $0["migrate-set-capabilities"] }?["capabilities"]?.array ?? []
+        let hold = capabilities.first { $0["capability"]?.string == "pause-before-switchover" }
+        #expect(hold?["state"] == .bool(holds))
+        await client.close()
+        await server.close()
+    }
+
     /// QEMU 7.2 reports "active" through the last pass; the STOP that follows the announced
     /// passes (events arrive in order) is what says the last pass has begun.
     @Test(arguments: [2, 3])
@@ -250,8 +311,8 @@ final class FakeQMPServer: Sendable {
         await server.close()
     }
 
-    /// Where tracking is exact only up to 3 passes, QEMU holds the guest stopped before its last
-    /// pass; the VM lets that pass go when it is the 3rd at most, and gives the migration up
+    /// Where tracking is exact only up to 3 passes and a downtime limit is asked for, QEMU holds
+    /// the guest stopped before its last pass; the VM lets that pass go when it is the 3rd at most, and gives the migration up
     /// (reported as abandoned, with the passes it would have made) when it would be the 4th.
     @Test(arguments: [(2, "migrate-continue", MigrationProgress.Status.completed), (3, "migrate_cancel", .abandoned)])
     func theLastPassGoesOnlyWithinTheExactLimit(passesBeforeStop: Int, decision: String, outcome: MigrationProgress.Status) async throws {
@@ -260,7 +321,8 @@ final class FakeQMPServer: Sendable {
         let vm = QEMUVirtualMachine(
             name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
             map: try CPUMap.builtin(), child: nil, exactPasses: 3)
-        try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters())
+        // A downtime limit asked for: QEMU converges its own way, so it may need more passes.
+        try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters(maxDowntimeMs: 100))
         var progress = try await vm.migrationProgress()
         for _ in 0..<200 where !progress.isFinished {
             try await Task.sleep(for: .milliseconds(10))
