@@ -10,6 +10,9 @@
 # Downtime, for both: from the source QEMU's STOP event to the destination QEMU's RESUME event
 # (QMP event timestamps; one machine, one clock) — what the guest lives through, not QEMU's own
 # 'downtime' figure, which ends when the source has sent the last byte.
+# Tern and plain QEMU take turns, move by move (the host's drift weighs on both alike); between
+# its moves a guest is paused ('tern suspend', QMP 'stop'), and it runs SETTLE seconds (0.5)
+# before each move.
 #   virsh  'virsh migrate --live --p2p' between two session-mode libvirtd with their own host
 #          UUIDs (libvirt refuses a destination with its own UUID); total = the command's wall
 #          time; downtime = libvirt's 'Total downtime'. When libvirt cannot run, the reason is printed
@@ -18,7 +21,7 @@
 # migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE'.
 #
 # Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build-release/release] [TERN_ARGS="--connections 1"] [KEEP=1]
-#        [CASES="idle dirty"] [METHODS="tern qemu virsh save"] Benchmarks/migration.sh
+#        [SETTLE=0.5] [CASES="idle dirty"] [METHODS="tern qemu virsh save"] Benchmarks/migration.sh
 # (CASES and METHODS narrow a run down for experiments; the figures to report come from a full run.)
 # Needs root (QEMU, libvirt). TCG only.
 set -uo pipefail
@@ -31,6 +34,7 @@ wants() { [[ " $METHODS " == *" $1 "* ]]; }
 MEMORY=${MEMORY:-1024}
 DIRTY_MB=${DIRTY_MB:-256}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
+SETTLE=${SETTLE:-0.5}   # seconds a guest runs after being resumed, before its move
 QEMU=${TERN_QEMU:-/usr/bin/qemu-system-x86_64}
 
 die() { echo "migration-bench: error: $*" >&2; exit 1; }
@@ -145,57 +149,66 @@ declare -A RESULT   # RESULT[method,case,metric] = "v1 v2 …"
 add() { RESULT[$1,$2,$3]+="$4 "; }
 
 # ---- plain QEMU --------------------------------------------------------------------------
-bench_qemu() { # CASE
-    local c=$1 append src dst i port t0 status
-    append=$(cmdline_for "$c")
-    src=q-$c-0
+# One guest per case, moved back and forth: qemu_boot, then qemu_move per run. Between its moves
+# the guest is stopped (QMP 'stop'), so that it takes no processor time from the other method's.
+declare -A QSRC QPID
+qemu_boot() { # CASE
+    local c=$1 src=q-$1-0
     # shellcheck disable=SC2046
-    "$QEMU" $(qemu_args "$c" "$src") -append "$append" 2>"$work/$src.err" &
+    "$QEMU" $(qemu_args "$c" "$src") -append "$(cmdline_for "$c")" 2>"$work/$src.err" &
     PIDS+=($!)
-    local srcpid=$!
+    QPID[$c]=$!
     disown
     qmp_open "$src" "$work/$src.qmp"
     wait_console "$work/$src.log" "$(ready_marker "$c")"
-    for ((i = 1; i <= RUNS; i++)); do
-        dst=q-$c-$i
-        port=$((49000 + RANDOM % 1000))
-        t0=$(now_us)
-        # shellcheck disable=SC2046
-        "$QEMU" $(qemu_args "$c" "$dst") -append "$append" -incoming "tcp:127.0.0.1:$port" 2>"$work/$dst.err" &
-        local dstpid=$!
-        disown
-        PIDS+=($dstpid)
-        qmp_open "$dst" "$work/$dst.qmp"
-        qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
-        qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:$port\"}}"
-        while :; do
-            qmp "$src" '{"execute":"query-migrate"}'
-            status=$(field status)
-            [[ $status == completed || $status == failed ]] && break
-            nap 0.002
-        done
-        [[ $status == completed ]] || die "plain QEMU migration failed: $REPLY"
-        add qemu "$c" bytes "$(field transferred)"
-        add qemu "$c" passes "$(field dirty-sync-count)"
-        while :; do
-            qmp "$dst" '{"execute":"query-status"}'
-            [[ $(field status) == running ]] && break
-            nap 0.001
-        done
-        add qemu "$c" total $((($(now_us) - t0) / 1000))
-        # The guest's downtime: the source's STOP event to the destination's RESUME event.
-        for ((k = 0; k < 100; k++)); do [[ -n ${RESUMED[$dst]:-} ]] && break; qmp "$dst" '{"execute":"query-status"}'; nap 0.001; done
-        add qemu "$c" downtime $(((RESUMED[$dst] - STOPPED[$src]) / 1000))
-        qmp_close "$src"
-        kill -KILL "$srcpid" 2>/dev/null
-        src=$dst
-        srcpid=$dstpid
+    QSRC[$c]=$src
+    qmp "$src" '{"execute":"stop"}'
+}
+qemu_move() { # CASE RUN
+    local c=$1 src=${QSRC[$1]} srcpid=${QPID[$1]} dst=q-$1-$2 port t0 status dstpid k
+    qmp "$src" '{"execute":"cont"}'
+    nap "$SETTLE"
+    port=$((49000 + RANDOM % 1000))
+    t0=$(now_us)
+    # shellcheck disable=SC2046
+    "$QEMU" $(qemu_args "$c" "$dst") -append "$(cmdline_for "$c")" -incoming "tcp:127.0.0.1:$port" 2>"$work/$dst.err" &
+    dstpid=$!
+    disown
+    PIDS+=($dstpid)
+    qmp_open "$dst" "$work/$dst.qmp"
+    qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
+    qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:$port\"}}"
+    while :; do
+        qmp "$src" '{"execute":"query-migrate"}'
+        status=$(field status)
+        [[ $status == completed || $status == failed ]] && break
+        nap 0.002
     done
+    [[ $status == completed ]] || die "plain QEMU migration failed: $REPLY"
+    add qemu "$c" bytes "$(field transferred)"
+    add qemu "$c" passes "$(field dirty-sync-count)"
+    while :; do
+        qmp "$dst" '{"execute":"query-status"}'
+        [[ $(field status) == running ]] && break
+        nap 0.001
+    done
+    add qemu "$c" total $((($(now_us) - t0) / 1000))
+    # The guest's downtime: the source's STOP event to the destination's RESUME event.
+    for ((k = 0; k < 100; k++)); do [[ -n ${RESUMED[$dst]:-} ]] && break; qmp "$dst" '{"execute":"query-status"}'; nap 0.001; done
+    add qemu "$c" downtime $(((RESUMED[$dst] - STOPPED[$src]) / 1000))
     qmp_close "$src"
     kill -KILL "$srcpid" 2>/dev/null
+    QSRC[$c]=$dst
+    QPID[$c]=$dstpid
+    qmp "$dst" '{"execute":"stop"}'
+}
+qemu_end() { # CASE
+    qmp_close "${QSRC[$1]}"
+    kill -KILL "${QPID[$1]}" 2>/dev/null
 }
 
 # ---- Tern --------------------------------------------------------------------------------
+# The same for Tern: tern_boot, then tern_move per run ('tern suspend' between moves).
 start_tern_vm() { # NAME CASE: define and start on daemon a
     "$TERN" define - --connect "$work/a/ternd.sock" >/dev/null <<EOF || die "tern define failed"
 <domain type='qemu'>
@@ -209,26 +222,31 @@ EOF
     "$TERN" start "$1" --connect "$work/a/ternd.sock" >/dev/null || die "tern start failed"
 }
 
-bench_tern() { # CASE
-    local c=$1 from to i t0 out
-    start_tern_vm "bench-$c" "$c"
-    wait_console "$work/a/vms/bench-$c/console.log" "$(ready_marker "$c")"
-    from=a
-    to=b
-    for ((i = 1; i <= RUNS; i++)); do
-        t0=$(now_us)
-        out=$("$TERN" migrate "bench-$c" --to "$work/$to/ternd.sock" --connect "$work/$from/ternd.sock" ${TERN_ARGS:-}) \
-            || die "tern migrate failed: $out"
-        add tern "$c" total $((($(now_us) - t0) / 1000))
-        add tern "$c" downtime "$(awk '/downtime/ { print $2 }' <<<"$out")"
-        add tern "$c" bytes "$(awk '/transferred/ { printf "%d", $2 * 1048576 }' <<<"$out")"
-        add tern "$c" passes "$(awk '/transferred/ { for (i = 1; i < NF; i++) if ($i == "in") print $(i + 1) }' <<<"$out")$(grep -q '(non-live)' <<<"$out" && echo n)"
-        local x=$from
-        from=$to
-        to=$x
-    done
-    "$TERN" destroy "bench-$c" --connect "$work/$from/ternd.sock" >/dev/null
-    "$TERN" undefine "bench-$c" --connect "$work/$from/ternd.sock" >/dev/null
+declare -A TFROM
+tern_boot() { # CASE
+    start_tern_vm "bench-$1" "$1"
+    wait_console "$work/a/vms/bench-$1/console.log" "$(ready_marker "$1")"
+    TFROM[$1]=a
+    "$TERN" suspend "bench-$1" --connect "$work/a/ternd.sock" >/dev/null || die "tern suspend failed"
+}
+tern_move() { # CASE: alternating directions
+    local c=$1 from=${TFROM[$1]} to t0 out
+    [[ $from == a ]] && to=b || to=a
+    "$TERN" resume "bench-$c" --connect "$work/$from/ternd.sock" >/dev/null || die "tern resume failed"
+    nap "$SETTLE"
+    t0=$(now_us)
+    out=$("$TERN" migrate "bench-$c" --to "$work/$to/ternd.sock" --connect "$work/$from/ternd.sock" ${TERN_ARGS:-}) \
+        || die "tern migrate failed: $out"
+    add tern "$c" total $((($(now_us) - t0) / 1000))
+    add tern "$c" downtime "$(awk '/downtime/ { print $2 }' <<<"$out")"
+    add tern "$c" bytes "$(awk '/transferred/ { printf "%d", $2 * 1048576 }' <<<"$out")"
+    add tern "$c" passes "$(awk '/transferred/ { for (i = 1; i < NF; i++) if ($i == "in") print $(i + 1) }' <<<"$out")$(grep -q '(non-live)' <<<"$out" && echo n)"
+    TFROM[$c]=$to
+    "$TERN" suspend "bench-$c" --connect "$work/$to/ternd.sock" >/dev/null || die "tern suspend failed"
+}
+tern_end() { # CASE
+    "$TERN" destroy "bench-$1" --connect "$work/${TFROM[$1]}/ternd.sock" >/dev/null
+    "$TERN" undefine "bench-$1" --connect "$work/${TFROM[$1]}/ternd.sock" >/dev/null
 }
 
 # ---- libvirt ------------------------------------------------------------------------------
@@ -414,9 +432,18 @@ for d in a b; do
     for ((i = 0; i < 600; i++)); do "$TERN" list --connect "$work/$d/ternd.sock" >/dev/null 2>&1 && break; nap 0.1; done
 done
 
+# Tern and plain QEMU take turns, move by move, so that the host's drift (large on a shared
+# machine) weighs on both alike; each guest runs only for its own moves.
 for c in $CASES; do
-    wants tern && { log "case $c: tern ($RUNS runs)"; bench_tern "$c"; }
-    wants qemu && { log "case $c: plain QEMU ($RUNS runs)"; bench_qemu "$c"; }
+    log "case $c: tern and plain QEMU, in turns ($RUNS runs each)"
+    wants tern && tern_boot "$c"
+    wants qemu && qemu_boot "$c"
+    for ((i = 1; i <= RUNS; i++)); do
+        wants tern && tern_move "$c"
+        wants qemu && qemu_move "$c" "$i"
+    done
+    wants tern && tern_end "$c"
+    wants qemu && qemu_end "$c"
     if wants virsh; then
         log "case $c: virsh migrate ($RUNS runs)"
         bench_virsh "$c" || log "virsh: $VIRSH_REASON"
