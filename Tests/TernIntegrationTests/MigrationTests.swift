@@ -467,11 +467,12 @@ import Glibc
 
     /// The whole state arrives, but the daemon that would confirm it is gone: the source keeps
     /// the VM running, and the received copy, never told to run, never does.
-    @Test func aDestinationDaemonGoneBeforeConfirmingNeverLeavesTwoRunningCopies() throws {
+    @Test(arguments: [["--no-live"], []])
+    func aDestinationDaemonGoneBeforeConfirmingNeverLeavesTwoRunningCopies(options: [String]) throws {
         try withTwoDaemons(nil, nil) { a, b in
             try boot("unconfirmed", on: a)
-            // Non-live: one pass, which ends with the whole state sent however slowly it goes.
-            let (process, pipe, qemu) = try startSlowMigration("unconfirmed", from: a, to: b, ["--no-live"])
+            // Non-live, or live under TCG (two passes): the whole state is sent however slowly it goes.
+            let (process, pipe, qemu) = try startSlowMigration("unconfirmed", from: a, to: b, options)
             b.kill()  // the daemon, not its QEMU, which receives the rest of the stream
             process.waitUntilExit()
             let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
