@@ -136,8 +136,11 @@ public struct QEMUHypervisor: Hypervisor {
         let vm = try await launch(
             configuration, files: files, console: .socket, extra: ["-incoming", "defer"] + (autostart ? [] : ["-S"])) { _ in }
         do {
-            try await vm.verifyCPU(configuration.cpu, capabilities: capabilities)
+            // The CPU check and the set-up to receive go to QEMU together; nobody is told where
+            // to send before both are done.
+            async let verified: Void = vm.verifyCPU(configuration.cpu, capabilities: capabilities)
             let listening = try await vm.receive(at: address, parameters: parameters)
+            try await verified
             return (vm, listening)
         } catch {
             try? await vm.destroy()
