@@ -33,9 +33,9 @@ public protocol Hypervisor: Sendable {
     /// a running guest may make and still deliver an exact copy of its memory; nil when any
     /// number may. The backend keeps a live migration within it where it can (QEMU under TCG,
     /// with no downtime limit asked for, makes two passes), and never sends the last pass of a
-    /// live pre-copy migration that would exceed it: it gives the migration up instead (``MigrationProgress/Status/abandoned``),
-    /// the guest goes on running here, and Tern moves it again without running during the
-    /// transfer (``MigrationParameters/live`` false).
+    /// live pre-copy migration that would exceed it: it gives the migration up instead
+    /// (``MigrationProgress/Status/abandoned``), the guest goes on running here, and Tern moves it
+    /// again without running during the transfer (``MigrationParameters/live`` false).
     var exactLiveMigrationPasses: Int? { get }
 }
 

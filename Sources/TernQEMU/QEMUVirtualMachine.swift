@@ -219,11 +219,11 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// downtime limit asked for, the limit is 0: QEMU sends every page once with the guest
     /// running, then stops it and sends what it dirtied meanwhile — two passes, never more, and
     /// nothing to decide before the last. With a downtime limit or auto-converge asked for, QEMU
-    /// converges as it sees fit, and holds the guest stopped before its last pass until this VM has counted the
-    /// passes (``decideLastPass``).
+    /// converges as it sees fit, and holds the guest stopped before its last pass until this VM
+    /// has counted the passes (``decideLastPass``).
     @discardableResult
     public func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws -> Duration {
-        let holds = holdsBeforeLastPass(parameters)
+        let holds = switchover(parameters).holdsBeforeLastPass
         if outgoingSettings.withLockedValue({ $0 }) != parameters { try await prepareMigration(parameters) }
         outgoingSettings.withLockedValue { $0 = nil }
         let running = try await runState() == .running
@@ -286,20 +286,21 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     }
 
     public func prepareMigration(_ parameters: MigrationParameters) async throws {
-        let exactLimited = exactPasses != nil && parameters.live && !parameters.postcopy
+        let policy = switchover(parameters)
         try await configureMigration(
-            parameters, outgoing: true, holdBeforeLastPass: holdsBeforeLastPass(parameters),
-            downtimeLimitMs: exactLimited && !holdsBeforeLastPass(parameters)
-                ? 0 : parameters.maxDowntimeMs ?? Self.defaultDowntimeLimitMs)
+            parameters, outgoing: true, holdBeforeLastPass: policy.holdsBeforeLastPass, downtimeLimitMs: policy.downtimeLimitMs)
         outgoingSettings.withLockedValue { $0 = parameters }
     }
 
-    /// Whether QEMU holds the guest before the last pass of an outgoing migration: under an
-    /// exact-pass limit, when QEMU converges its own way (a downtime limit or auto-converge asked
-    /// for). Otherwise the limit is kept by making two passes (see ``migrate(to:parameters:)``).
-    private func holdsBeforeLastPass(_ parameters: MigrationParameters) -> Bool {
-        exactPasses != nil && parameters.live && !parameters.postcopy
-            && (parameters.maxDowntimeMs != nil || parameters.autoConverge)
+    /// When an outgoing migration switches over (see ``migrate(to:parameters:)``): under an
+    /// exact-pass limit, a live pre-copy with neither a downtime limit nor auto-converge asked
+    /// for makes two passes (QEMU's limit 0); one with either converges QEMU's way, held before
+    /// its last pass. Without the limit, QEMU's way with the limit asked for or its default.
+    private func switchover(_ parameters: MigrationParameters) -> (downtimeLimitMs: Int, holdsBeforeLastPass: Bool) {
+        let exactLimited = exactPasses != nil && parameters.live && !parameters.postcopy
+        let convergesItsWay = parameters.maxDowntimeMs != nil || parameters.autoConverge
+        if exactLimited && !convergesItsWay { return (0, false) }
+        return (parameters.maxDowntimeMs ?? Self.defaultDowntimeLimitMs, exactLimited)
     }
 
     /// Once QEMU has stopped the guest for the last pass, that phase is reported as completing,
