@@ -151,7 +151,7 @@ def main():
         logs = [open(f"{work}/move{m}.log", errors="replace").read() for m in range(1, args.moves + 1)]
         bad = sum(1 for log in logs for line in log.splitlines() if any(word in line for word in BAD))
         ok = sum(1 for log in logs for line in log.splitlines() if "memcheck pass" in line and line.rstrip().endswith("ok"))
-        print(f"cpu {cpu.split(',')[0]}…, downtime limit {args.downtime_limit or 'default'}: "
+        print(f"cpu {cpu.split(',')[0]}…, downtime limit {'default' if args.downtime_limit is None else args.downtime_limit}: "
               f"{args.moves} moves, {ok} passes ok, {bad} bad lines")
         return 1 if bad else 0
     finally:
