@@ -5,6 +5,7 @@ import TernHost
 
 struct Capabilities: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "capabilities",
         abstract: "Print this host's capabilities as libvirt capabilities XML (like 'virsh capabilities').")
 
     @OptionGroup var map: MapOptions

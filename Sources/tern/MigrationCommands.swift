@@ -12,6 +12,7 @@ func mebibytes(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes
 
 struct Save: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "save",
         abstract: "Save a running VM's state to a file and stop it (like 'virsh save').",
         discussion: "The file is written by the daemon, on its host. Restore it there or on any host whose CPU can take the VM.")
     @Argument(help: "The VM's name.") var name: String
@@ -26,6 +27,7 @@ struct Save: AsyncParsableCommand {
 
 struct Restore: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "restore",
         abstract: "Restore a VM from a save file (like 'virsh restore').",
         discussion: """
             The file is checked first (format, size, checksums), then the processor compatibility check: \
@@ -47,6 +49,7 @@ struct Restore: AsyncParsableCommand {
 
 struct Migrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "migrate",
         abstract: "Move a running VM to another ternd, live (like 'virsh migrate --live').",
         discussion: """
             The destination first runs the processor compatibility check (the features the VM has now \

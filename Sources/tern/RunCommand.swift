@@ -7,6 +7,7 @@ import TernQEMU
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Run one VM in the foreground with its console on this terminal.",
         discussion: """
             The guest CPU is computed as for 'tern cpuid' and checked against what this host \

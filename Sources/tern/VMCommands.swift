@@ -25,7 +25,8 @@ func path(_ name: String, _ action: String? = nil) -> String {
 }
 
 struct Define: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Define a VM from libvirt domain XML (like 'virsh define').")
+    static let configuration = CommandConfiguration(
+        commandName: "define", abstract: "Define a VM from libvirt domain XML (like 'virsh define').")
     @Argument(help: ArgumentHelp("The domain XML ('-' for standard input).", valueName: "file")) var file: String
     @OptionGroup var connection: ConnectOptions
 
@@ -52,6 +53,7 @@ extension VMAction {
 
 struct Start: VMAction {
     static let configuration = CommandConfiguration(
+        commandName: "start",
         abstract: "Start a defined VM; its CPU is computed on this host and checked before QEMU starts.")
     static let action = "start", done = "started"
     @Argument(help: "The VM's name.") var name: String
@@ -59,35 +61,37 @@ struct Start: VMAction {
 }
 
 struct Shutdown: VMAction {
-    static let configuration = CommandConfiguration(abstract: "Ask a VM's guest to power off (ACPI power button).")
+    static let configuration = CommandConfiguration(
+        commandName: "shutdown", abstract: "Ask a VM's guest to power off (ACPI power button).")
     static let action = "shutdown", done = "is being shutdown"
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
 }
 
 struct Destroy: VMAction {
-    static let configuration = CommandConfiguration(abstract: "End a VM at once.")
+    static let configuration = CommandConfiguration(commandName: "destroy", abstract: "End a VM at once.")
     static let action = "destroy", done = "destroyed"
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
 }
 
 struct Suspend: VMAction {
-    static let configuration = CommandConfiguration(abstract: "Pause a VM's vCPUs.")
+    static let configuration = CommandConfiguration(commandName: "suspend", abstract: "Pause a VM's vCPUs.")
     static let action = "suspend", done = "suspended"
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
 }
 
 struct Resume: VMAction {
-    static let configuration = CommandConfiguration(abstract: "Resume a paused VM.")
+    static let configuration = CommandConfiguration(commandName: "resume", abstract: "Resume a paused VM.")
     static let action = "resume", done = "resumed"
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
 }
 
 struct Undefine: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Remove a shut-off VM's definition.")
+    static let configuration = CommandConfiguration(
+        commandName: "undefine", abstract: "Remove a shut-off VM's definition.")
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
 
@@ -98,7 +102,7 @@ struct Undefine: AsyncParsableCommand {
 }
 
 struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the VMs defined on a host.")
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the VMs defined on a host.")
     @OptionGroup var connection: ConnectOptions
     @Flag(help: "Print JSON.") var json = false
 
@@ -118,7 +122,8 @@ struct List: AsyncParsableCommand {
 }
 
 struct DomInfo: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "dominfo", abstract: "Show a VM's state and the CPU it runs with.")
+    static let configuration = CommandConfiguration(
+        commandName: "dominfo", abstract: "Show a VM's state and the CPU it runs with.")
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
     @Flag(help: "Print JSON.") var json = false
@@ -151,6 +156,7 @@ struct DomInfo: AsyncParsableCommand {
 
 struct Console: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "console",
         abstract: "Attach to a VM's serial console (Ctrl-] detaches), or print its log with --log.")
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
