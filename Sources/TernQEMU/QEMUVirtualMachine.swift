@@ -108,7 +108,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
                     migrationSignal.fire()
                     // The STOP for the last pass comes a moment before QEMU holds the guest there
                     // (and announces it): a last pass within the limit is let go at once.
-                    if state.holdsBeforeLastPass, let atStop = state.passesAtStop, atStop + 1 <= exactPasses ?? Int.max {
+                    if state.holdsBeforeLastPass, let atStop = state.passesAtStop, Self.lastPassIsExact(after: atStop, exactPasses: exactPasses) {
                         await Self.allowLastPass(client: client, outgoing: outgoing)
                     }
                 case "RESUME": transitions.withLockedValue { $0.resumed = event.timestamp }
@@ -253,7 +253,9 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             }
             await waitForMigrationChange(upTo: .milliseconds(20))
             if outgoing.withLockedValue({ $0.setupOutcome }) != nil { continue }
-            let status = try await migrationProgress().status
+            // QEMU's own word (``migrationProgress()`` would use up the report of the last pass
+            // that it gives once, from the events, to whoever follows the migration).
+            let status = Self.progress(from: try await client.execute("query-migrate")).status
             if status == .active || status == .completing {
                 await Self.resumeAfterSetup(client: client, outgoing: outgoing)
             } else if status != .setup {
@@ -341,12 +343,18 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     private static func decideLastPass(client: QMPClient, outgoing: NIOLockedValueBox<OutgoingMigration>, exactPasses: Int?) async {
         let (passes, allowed) = outgoing.withLockedValue { ($0.passes, $0.lastPassAllowed) }
         if allowed { return }
-        if let exactPasses, passes + 1 > exactPasses {
+        if !lastPassIsExact(after: passes, exactPasses: exactPasses) {
             outgoing.withLockedValue { $0.abandonedAtPasses = passes + 1 }
             _ = try? await client.execute("migrate_cancel")
         } else {
             await allowLastPass(client: client, outgoing: outgoing)
         }
+    }
+
+    /// Whether a last pass after `passes` passes made with the guest running stays within the
+    /// exact limit.
+    private static func lastPassIsExact(after passes: Int, exactPasses: Int?) -> Bool {
+        passes + 1 <= exactPasses ?? Int.max
     }
 
     /// `migrate-continue`; refused while QEMU is not (yet) holding the guest, which is then
