@@ -20,7 +20,10 @@ import Glibc
         let xml = "<cpu mode='custom' match='exact'>\n  <model>\(model)</model>\n  <vendor>\(vendor)</vendor>\n"
             + "  <feature policy='disable' name='vme'/>\n"
             + features.map { "  <feature policy='require' name='\($0)'/>\n" }.joined() + "</cpu>\n"
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("host-cpu-\(UUID().uuidString.prefix(8)).xml")
+        // Named for its content, so that runs after runs reuse the same files rather than pile them up.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tern-test-host-cpus")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let url = directory.appendingPathComponent(([vendor, model] + features).joined(separator: "-") + ".xml")
         try xml.write(to: url, atomically: true, encoding: .utf8)
         return url.path
     }

@@ -8,12 +8,15 @@ import Glibc
 #endif
 
 /// The save file format: what the reader accepts, and every way it refuses a bad file.
-@Suite struct SaveFileTests {
+@Suite final class SaveFileTests {
+    /// A directory of its own for each test, removed after it.
     let directory: URL = {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("savefile-\(UUID().uuidString.prefix(8))")
         try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         return url
     }()
+
+    deinit { try? FileManager.default.removeItem(at: directory) }
 
     /// Writes a save file through the real writer, with `stream` sent over its socket.
     func write(metadata: String = #"{"name":"vm1"}"#, stream: [UInt8]) async throws -> String {
@@ -72,7 +75,7 @@ import Glibc
         try Data("QEVM\u{0}\u{0}\u{0}\u{3} this is a QEMU stream, not a Tern save file".utf8).write(to: URL(fileURLWithPath: path))
         #expect(error(path) == .notASaveFile(path: path))
         let empty = directory.appendingPathComponent("empty").path
-        FileManager.default.createFile(atPath: empty, contents: Data())
+        #expect(FileManager.default.createFile(atPath: empty, contents: Data()))
         #expect(error(empty) == .notASaveFile(path: empty))
     }
 
