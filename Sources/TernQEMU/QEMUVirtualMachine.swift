@@ -229,11 +229,12 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let running = try await runState() == .running
         let pauseForSetup = running && parameters.live && pausesForTrackingSetup
         let pausedHere = running && (!parameters.live || pauseForSetup)
-        if pausedHere { try await pause() }
-        let paused = ContinuousClock.now
         outgoing.withLockedValue { $0 = OutgoingMigration(holdsBeforeLastPass: holds, pausedForSetup: pauseForSetup) }
+        let paused = ContinuousClock.now
         do {
-            try await client.execute("migrate", ["uri": .string(address.qemuURI)])
+            // The pause and the start go together (QEMU runs them in this order).
+            let start = QMPClient.Command("migrate", ["uri": .string(address.qemuURI)])
+            try await client.execute(inOrder: pausedHere ? [QMPClient.Command("stop"), start] : [start])
         } catch {
             if pausedHere { _ = try? await client.execute("cont") }
             throw error
@@ -289,8 +290,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     public func prepareMigration(_ parameters: MigrationParameters) async throws {
         let policy = switchover(parameters)
-        try await configureMigration(
-            parameters, outgoing: true, holdBeforeLastPass: policy.holdsBeforeLastPass, downtimeLimitMs: policy.downtimeLimitMs)
+        try await client.execute(
+            inOrder: Self.migrationSettings(
+                parameters, outgoing: true, holdBeforeLastPass: policy.holdsBeforeLastPass,
+                downtimeLimitMs: policy.downtimeLimitMs))
         outgoingSettings.withLockedValue { $0 = parameters }
     }
 
@@ -373,10 +376,13 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// For a VM started with `-incoming defer`: sets the same capabilities as the sender and
     /// listens at `address`. Returns the address really listened on (TCP port 0 resolved).
     func receive(at address: MigrationAddress, parameters: MigrationParameters) async throws -> MigrationAddress {
-        try await configureMigration(parameters, outgoing: false)
-        try await client.execute("migrate-incoming", ["uri": .string(address.qemuURI)])
-        guard case .tcp(let host, 0) = address else { return address }
-        let info = try await client.execute("query-migrate")
+        // Sent together: QEMU runs them in this order, so it listens with these capabilities.
+        let resolvesPort = if case .tcp(_, 0) = address { true } else { false }
+        let replies = try await client.execute(
+            inOrder: Self.migrationSettings(parameters, outgoing: false)
+                + [QMPClient.Command("migrate-incoming", ["uri": .string(address.qemuURI)])]
+                + (resolvesPort ? [QMPClient.Command("query-migrate")] : []))
+        guard case .tcp(let host, 0) = address, let info = replies.last else { return address }
         for socket in info["socket-address"]?.array ?? [] {
             if let port = socket["port"]?.string.flatMap({ Int($0) }) ?? socket["port"]?.int {
                 return .tcp(host: host, port: port)
@@ -385,12 +391,12 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         throw HypervisorError.commandFailed(command: "query-migrate", message: "QEMU did not say which port it listens on")
     }
 
-    /// Migration capabilities must match on both sides; parameters that shape the sending only
-    /// matter on the source.
-    private func configureMigration(
+    /// The commands that set a migration's capabilities and parameters. Capabilities must match
+    /// on both sides; parameters that shape the sending only matter on the source.
+    private static func migrationSettings(
         _ parameters: MigrationParameters, outgoing: Bool, holdBeforeLastPass: Bool = false,
         downtimeLimitMs: Int = defaultDowntimeLimitMs
-    ) async throws {
+    ) -> [QMPClient.Command] {
         var capabilities: [JSONValue] = [
             ["capability": "events", "state": true],  // MIGRATION events: no need to poll closely
             ["capability": "multifd", "state": .bool((parameters.connections ?? 1) > 1)],
@@ -401,7 +407,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             // Set every time: capabilities outlast a migration, and the next one may differ.
             capabilities.append(["capability": "pause-before-switchover", "state": .bool(holdBeforeLastPass)])
         }
-        try await client.execute("migrate-set-capabilities", ["capabilities": .array(capabilities)])
+        var commands = [QMPClient.Command("migrate-set-capabilities", ["capabilities": .array(capabilities)])]
         var settings: [String: JSONValue] = [:]
         if let connections = parameters.connections, connections > 1 { settings["multifd-channels"] = .number(Double(connections)) }
         if outgoing {
@@ -411,7 +417,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             // Set every time, like the capabilities.
             settings["downtime-limit"] = .number(Double(downtimeLimitMs))
         }
-        if !settings.isEmpty { try await client.execute("migrate-set-parameters", settings) }
+        if !settings.isEmpty { commands.append(QMPClient.Command("migrate-set-parameters", settings)) }
+        return commands
     }
 
     /// QEMU's own default downtime limit, in milliseconds.

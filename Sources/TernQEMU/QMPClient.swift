@@ -28,7 +28,7 @@ public final class QMPClient: Sendable {
 
     fileprivate struct State {
         var nextID = 1
-        var pending: [Int: CheckedContinuation<JSONValue, any Error>] = [:]
+        var pending: [Int: EventLoopPromise<JSONValue>] = [:]
         /// The command each pending id was sent for (for error messages).
         var commands: [Int: String] = [:]
         var greeted: CheckedContinuation<Void, any Error>?
@@ -102,49 +102,78 @@ public final class QMPClient: Sendable {
         }
     }
 
+    /// One command for ``execute(inOrder:)``.
+    public struct Command: Sendable {
+        public var name: String
+        public var arguments: [String: JSONValue]?
+        public init(_ name: String, _ arguments: [String: JSONValue]? = nil) {
+            self.name = name
+            self.arguments = arguments
+        }
+    }
+
     /// Runs one QMP command and returns its `return` value.
     ///
     /// - Throws: ``QMPError/commandFailed(command:errorClass:message:)`` with QEMU's own text,
     ///   ``QMPError/timeout(command:)``, ``QMPError/disconnected``.
     @discardableResult
     public func execute(_ command: String, _ arguments: [String: JSONValue]? = nil) async throws(QMPError) -> JSONValue {
-        do {
-            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JSONValue, any Error>) in
-                let id: Int? = self.state.withLockedValue { state in
-                    if state.closed { return nil }
-                    let id = state.nextID
-                    state.nextID += 1
-                    state.pending[id] = continuation
-                    state.commands[id] = command
-                    return id
-                }
-                guard let id else {
-                    continuation.resume(throwing: QMPError.disconnected)
-                    return
-                }
-                var message: [String: JSONValue] = ["execute": .string(command), "id": .number(Double(id))]
-                if let arguments { message["arguments"] = .object(arguments) }
-                var data = (try? JSONEncoder().encode(JSONValue.object(message))) ?? Data()
-                data.append(0x0a)
-                // The reply, the timeout and a failed write race to take the continuation out of the
-                // state; only the one that finds it resumes it.
-                let fail = { @Sendable (error: QMPError) in
-                    let waiter = self.state.withLockedValue { state in
-                        state.commands[id] = nil
-                        return state.pending.removeValue(forKey: id)
-                    }
-                    waiter?.resume(throwing: error)
-                }
-                self.channel.writeAndFlush(self.channel.allocator.buffer(bytes: data)).whenFailure { _ in fail(.disconnected) }
-                self.channel.eventLoop.scheduleTask(in: .milliseconds(Int64(self.commandTimeout * 1000))) {
-                    fail(.timeout(command: command))
-                }
+        try await execute(inOrder: [Command(command, arguments)])[0]
+    }
+
+    /// Sends `commands` at once, in this order, and returns their `return` values in the same
+    /// order. QEMU runs a connection's commands one after another, so each sees what the ones
+    /// before it did; what this saves is a round trip between them. The first failure, in
+    /// order, is thrown; the commands after it were sent all the same, and QEMU ran them.
+    @discardableResult
+    public func execute(inOrder commands: [Command]) async throws(QMPError) -> [JSONValue] {
+        let replies = commands.map { submit($0) }
+        var values: [JSONValue] = []
+        for reply in replies {
+            do {
+                values.append(try await reply.get())
+            } catch let error as QMPError {
+                throw error
+            } catch {
+                throw .disconnected
             }
-        } catch let error as QMPError {
-            throw error
-        } catch {
-            throw .disconnected
         }
+        return values
+    }
+
+    /// Sends one command; its reply, a timeout or the connection's end fulfills the future.
+    /// Commands are written in the order this is called.
+    private func submit(_ command: Command) -> EventLoopFuture<JSONValue> {
+        let promise = channel.eventLoop.makePromise(of: JSONValue.self)
+        let id: Int? = state.withLockedValue { state in
+            if state.closed { return nil }
+            let id = state.nextID
+            state.nextID += 1
+            state.pending[id] = promise
+            state.commands[id] = command.name
+            return id
+        }
+        guard let id else {
+            promise.fail(QMPError.disconnected)
+            return promise.futureResult
+        }
+        var message: [String: JSONValue] = ["execute": .string(command.name), "id": .number(Double(id))]
+        if let arguments = command.arguments { message["arguments"] = .object(arguments) }
+        var data = (try? JSONEncoder().encode(JSONValue.object(message))) ?? Data()
+        data.append(0x0a)
+        // The reply, the timeout and a failed write race to take the promise out of the state;
+        // only the one that finds it fulfills it.
+        let fail = { @Sendable (error: QMPError) in
+            let waiter = self.state.withLockedValue { state in
+                state.commands[id] = nil
+                return state.pending.removeValue(forKey: id)
+            }
+            waiter?.fail(error)
+        }
+        channel.writeAndFlush(channel.allocator.buffer(bytes: data)).whenFailure { _ in fail(.disconnected) }
+        let name = command.name
+        channel.eventLoop.scheduleTask(in: .milliseconds(Int64(commandTimeout * 1000))) { fail(.timeout(command: name)) }
+        return promise.futureResult
     }
 
     /// Closes the connection.
@@ -184,23 +213,23 @@ private final class Inbox: Sendable {
                 (state.pending.removeValue(forKey: id), state.commands.removeValue(forKey: id))
             }
             if let error = message["error"] {
-                waiter?.resume(
-                    throwing: QMPError.commandFailed(
+                waiter?.fail(
+                    QMPError.commandFailed(
                         command: command ?? "id \(id)", errorClass: error["class"]?.string ?? "GenericError",
                         message: error["desc"]?.string ?? "\(error)"))
             } else {
-                waiter?.resume(returning: message["return"] ?? .null)
+                waiter?.succeed(message["return"] ?? .null)
             }
         }
     }
 
     func connectionClosed() {
-        let waiters = state.withLockedValue { state -> [CheckedContinuation<JSONValue, any Error>] in
+        let waiters = state.withLockedValue { state -> [EventLoopPromise<JSONValue>] in
             state.closed = true
             defer { state.pending = [:] }
             return Array(state.pending.values)
         }
-        for waiter in waiters { waiter.resume(throwing: QMPError.disconnected) }
+        for waiter in waiters { waiter.fail(QMPError.disconnected) }
         let greeter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
             defer { state.greeted = nil }
             return state.greeted

@@ -171,6 +171,32 @@ final class FakeQMPServer: Sendable {
         await server.close()
     }
 
+    /// Commands sent together reach QEMU in order and their replies come back in that order; a
+    /// failure among them is thrown, and the commands after it still ran.
+    @Test func commandsSentTogetherRunAndAnswerInOrder() async throws {
+        let server = try await FakeQMPServer()
+        let client = try await QMPClient.connect(path: server.path)
+        let replies = try await client.execute(inOrder: [
+            .init("echo", ["n": 1]), .init("echo", ["n": 2]), .init("query-status"), .init("echo", ["n": 3]),
+        ])
+        #expect(replies.count == 4)
+        #expect(replies[0] == ["n": 1] && replies[1] == ["n": 2] && replies[3] == ["n": 3])
+        #expect(replies[2]["status"]?.string == "paused")
+        #expect(server.commands.withLockedValue { $0 } == ["qmp_capabilities", "echo", "echo", "query-status", "echo"])
+
+        await #expect {
+            try await client.execute(inOrder: [.init("echo", ["n": 4]), .init("boom"), .init("echo", ["n": 5])])
+        } throws: { error in
+            guard case QMPError.commandFailed(let command, _, _) = error else { return false }
+            return command == "boom"
+        }
+        // The command after the failed one was sent all the same; the connection goes on.
+        #expect(try await client.execute("echo", ["n": 6]) == ["n": 6])
+        #expect(server.commands.withLockedValue { Array($0.suffix(4)) } == ["echo", "boom", "echo", "echo"])
+        await client.close()
+        await server.close()
+    }
+
     @Test func eventsArriveOnTheirStream() async throws {
         let server = try await FakeQMPServer()
         let client = try await QMPClient.connect(path: server.path)
