@@ -45,12 +45,13 @@ let package = Package(
         // compatibility and pool modes, the migration check. Pure Swift.
         .target(
             name: "TernCPU",
+            exclude: ["README.md"],
             resources: [.copy("Resources/features.json"), .copy("Resources/models.json")]
         ),
         // Tern's save file format: header, checksums, the bounded validating reader.
-        .target(name: "TernSaveFile", dependencies: ["CTernHost"]),
+        .target(name: "TernSaveFile", dependencies: ["CTernHost"], exclude: ["README.md"]),
         // Protocols for what Tern needs from any hypervisor, with Tern's own value types.
-        .target(name: "TernHypervisor", dependencies: ["TernCPU"]),
+        .target(name: "TernHypervisor", dependencies: ["TernCPU"], exclude: ["README.md"]),
         // The QEMU backend: accelerator detection, command line, QMP client, guest CPU translation.
         .target(
             name: "TernQEMU",
@@ -60,12 +61,14 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
-            ]
+            ],
+            exclude: ["README.md"]
         ),
         // One host: its capabilities (real CPU or a recorded one standing in for it).
         .target(
             name: "TernHost",
-            dependencies: ["TernCPU", "TernHypervisor", "TernAPI", "TernSaveFile", "CTernHost", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["TernCPU", "TernHypervisor", "TernAPI", "TernSaveFile", "CTernHost", .product(name: "GRDB", package: "GRDB.swift")],
+            exclude: ["README.md"]
         ),
         // The daemon's JSON types (shared with its clients).
         .target(
@@ -74,7 +77,8 @@ let package = Package(
                 "TernHypervisor",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-            ]
+            ],
+            exclude: ["README.md"]
         ),
         .executableTarget(
             name: "tern",
