@@ -53,6 +53,12 @@ public struct QEMUHypervisor: Hypervisor {
     /// all intact. So under TCG a live migration is exact up to 3 passes, provided the first
     /// pass, which clears every dirty bit, runs with the guest paused (see
     /// ``QEMUVirtualMachine/migrate(to:parameters:)``).
+    ///
+    /// The cause is in QEMU's bulk sync of the migration bitmap, which clears the bits without
+    /// resetting the TLB entries (only the page-by-page path did). QEMU 9.0 resets them there too
+    /// (upstream commit 03bfc2188f, "physmem: Fix migration dirty bitmap coherency with TCG
+    /// memory access"), and its author reported further lost-tracking races under stress. So
+    /// the limit holds for every QEMU under TCG until a newer one has been measured.
     public var exactLiveMigrationPasses: Int? { accelerator == .tcg ? 3 : nil }
 
     /// Checks a VM's definition before anything is started.
