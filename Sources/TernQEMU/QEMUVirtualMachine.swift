@@ -377,12 +377,13 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// listens at `address`. Returns the address really listened on (TCP port 0 resolved).
     func receive(at address: MigrationAddress, parameters: MigrationParameters) async throws -> MigrationAddress {
         // Sent together: QEMU runs them in this order, so it listens with these capabilities.
-        let resolvesPort = if case .tcp(_, 0) = address { true } else { false }
-        let replies = try await client.execute(
-            inOrder: Self.migrationSettings(parameters, outgoing: false)
-                + [QMPClient.Command("migrate-incoming", ["uri": .string(address.qemuURI)])]
-                + (resolvesPort ? [QMPClient.Command("query-migrate")] : []))
-        guard case .tcp(let host, 0) = address, let info = replies.last else { return address }
+        let listen = Self.migrationSettings(parameters, outgoing: false)
+            + [QMPClient.Command("migrate-incoming", ["uri": .string(address.qemuURI)])]
+        guard case .tcp(let host, 0) = address else {
+            try await client.execute(inOrder: listen)
+            return address
+        }
+        let info = try await client.execute(inOrder: listen + [QMPClient.Command("query-migrate")])[listen.count]
         for socket in info["socket-address"]?.array ?? [] {
             if let port = socket["port"]?.string.flatMap({ Int($0) }) ?? socket["port"]?.int {
                 return .tcp(host: host, port: port)
