@@ -460,6 +460,24 @@ if wants save; then
     bench_save_restore
 fi
 
+# What on this machine makes a process's first touch of memory costly at times: the figures'
+# spread between runs comes mostly from it (see the top of this file).
+host_memory() {
+    local notes=() state scheme
+    [[ -r /sys/module/page_reporting/parameters/page_reporting_order ]] &&
+        notes+=("free pages reported to the machine's own host (order $(cat /sys/module/page_reporting/parameters/page_reporting_order))")
+    for state in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
+        [[ $(cat "$state" 2>/dev/null) == on ]] || continue
+        for scheme in "${state%/state}"/contexts/*/schemes/*/action; do
+            [[ $(cat "$scheme" 2>/dev/null) == pageout ]] && { notes+=("DAMON paging out memory left idle"); break 2; }
+        done
+    done
+    [[ -r /sys/kernel/mm/transparent_hugepage/enabled ]] &&
+        notes+=("transparent huge pages $(grep -o '\[[a-z]*\]' /sys/kernel/mm/transparent_hugepage/enabled)")
+    local IFS=';'
+    echo "${notes[*]:-nothing known}" | sed 's/;/; /g'
+}
+
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
@@ -467,6 +485,7 @@ echo
 echo "Live migration, ${MEMORY} MiB guest, TCG, medians of $RUNS runs (tern = 'tern migrate' defaults;"
 echo "qemu = plain QEMU over QMP, bandwidth cap lifted, otherwise defaults; least: the fastest run's"
 echo "total and the shortest downtime, what each costs when the host does not get in the way)"
+echo "Host memory: $(host_memory)"
 printf '%-7s %-6s %10s %10s %10s %12s %14s\n' case method total_ms downtime_ms MiB MiB/s "least t/d ms"
 for c in idle dirty; do
     for m in tern qemu virsh; do
