@@ -474,8 +474,10 @@ host_memory() {
     done
     [[ -r /sys/kernel/mm/transparent_hugepage/enabled ]] &&
         notes+=("transparent huge pages $(grep -o '\[[a-z]*\]' /sys/kernel/mm/transparent_hugepage/enabled)")
-    local IFS=';'
-    echo "${notes[*]:-nothing known}" | sed 's/;/; /g'
+    ((${#notes[@]})) || { echo "nothing known"; return; }
+    local joined
+    printf -v joined '%s; ' "${notes[@]}"
+    echo "${joined%; }"
 }
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
