@@ -40,6 +40,7 @@ struct Define: AsyncParsableCommand {
 protocol VMAction: AsyncParsableCommand {
     var name: String { get }
     var connection: ConnectOptions { get }
+    /// The API action, which is also the subcommand's name.
     static var action: String { get }
     static var done: String { get }
 }
@@ -53,7 +54,7 @@ extension VMAction {
 
 struct Start: VMAction {
     static let configuration = CommandConfiguration(
-        commandName: "start",
+        commandName: action,
         abstract: "Start a defined VM; its CPU is computed on this host and checked before QEMU starts.")
     static let action = "start", done = "started"
     @Argument(help: "The VM's name.") var name: String
@@ -62,28 +63,28 @@ struct Start: VMAction {
 
 struct Shutdown: VMAction {
     static let configuration = CommandConfiguration(
-        commandName: "shutdown", abstract: "Ask a VM's guest to power off (ACPI power button).")
+        commandName: action, abstract: "Ask a VM's guest to power off (ACPI power button).")
     static let action = "shutdown", done = "is being shutdown"
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
 }
 
 struct Destroy: VMAction {
-    static let configuration = CommandConfiguration(commandName: "destroy", abstract: "End a VM at once.")
+    static let configuration = CommandConfiguration(commandName: action, abstract: "End a VM at once.")
     static let action = "destroy", done = "destroyed"
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
 }
 
 struct Suspend: VMAction {
-    static let configuration = CommandConfiguration(commandName: "suspend", abstract: "Pause a VM's vCPUs.")
+    static let configuration = CommandConfiguration(commandName: action, abstract: "Pause a VM's vCPUs.")
     static let action = "suspend", done = "suspended"
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
 }
 
 struct Resume: VMAction {
-    static let configuration = CommandConfiguration(commandName: "resume", abstract: "Resume a paused VM.")
+    static let configuration = CommandConfiguration(commandName: action, abstract: "Resume a paused VM.")
     static let action = "resume", done = "resumed"
     @Argument(help: "The VM's name.") var name: String
     @OptionGroup var connection: ConnectOptions
