@@ -231,6 +231,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let pausedHere = running && (!parameters.live || pauseForSetup)
         outgoing.withLockedValue { $0 = OutgoingMigration(holdsBeforeLastPass: holds, pausedForSetup: pauseForSetup) }
         let paused = ContinuousClock.now
+        let pausedAtWallClock = Date().timeIntervalSince1970
         do {
             // The pause and the start go together (QEMU runs them in this order).
             let start = QMPClient.Command("migrate", ["uri": .string(address.qemuURI)])
@@ -245,7 +246,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         while true {
             if let outcome = outgoing.withLockedValue({ $0.setupOutcome }) {
                 switch outcome {
-                case .resumed: return ContinuousClock.now - paused
+                case .resumed: return await pauseByEvents(since: pausedAtWallClock) ?? ContinuousClock.now - paused
                 // Not resumed (the last pass began during the pause): the pause is part of the
                 // downtime that the guest's last STOP starts, so it is not returned separately.
                 case .lastPassBegan: return .zero
@@ -253,7 +254,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
                 }
             }
             await waitForMigrationChange(upTo: .milliseconds(20))
-            if outgoing.withLockedValue({ $0.setupOutcome }) != nil { continue }
+            // `cont` sent: its reply (or its timeout) is the outcome.
+            if outgoing.withLockedValue({ $0.setupOutcome != nil || $0.setupResumeSent }) { continue }
             // QEMU's own word (``migrationProgress()`` would use up the report of the last pass
             // that it gives once, from the events, to whoever follows the migration).
             let status = Self.progress(from: try await client.execute("query-migrate")).status
@@ -263,6 +265,21 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
                 return .zero  // it ended during the pause: the caller finds out why
             }
         }
+    }
+
+    /// How long the guest was paused, by QEMU's own clock: from its STOP event to its RESUME event,
+    /// the first ones at or after `wallClock` (seconds since 1970). That is what the guest lived
+    /// through, measured as its downtime is; this VM's own clock would add the reply to `cont`
+    /// and its wait for the scheduler. Nil if the events are not in within a few milliseconds.
+    private func pauseByEvents(since wallClock: Double) async -> Duration? {
+        for _ in 0..<20 {
+            let (stopped, resumed) = transitions.withLockedValue { $0 }
+            if let stopped, let resumed, stopped >= wallClock, resumed >= stopped {
+                return .microseconds(Int64(((resumed - stopped) * 1_000_000).rounded()))
+            }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        return nil
     }
 
     /// After the setup pause: `cont`, once (from QEMU's "active" event or the fallback query).
