@@ -22,7 +22,7 @@
 #          time; downtime = libvirt's 'Total downtime'. When libvirt cannot run, the reason is printed
 #
 # Then save and restore of the idle 1 GiB guest: 'tern save/restore' against QEMU's own
-# migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE'.
+# migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE', in turns.
 #
 # Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build-release/release] [TERN_ARGS="--connections 1"] [KEEP=1]
 #        [SETTLE=0.5] [CASES="idle dirty"] [METHODS="tern qemu virsh save"] Benchmarks/migration.sh
@@ -371,59 +371,73 @@ EOF
 }
 
 # ---- save / restore ------------------------------------------------------------------------
+# Tern and QEMU take turns here too, run by run; each guest is paused between its turns and
+# runs SETTLE seconds before its save.
+tern_save_restore() { # NAME: one 'tern save' and one 'tern restore' of a running guest
+    local name=$1 file=$work/bench.ternsave t0
+    "$TERN" resume "$name" --connect "$work/a/ternd.sock" >/dev/null || die "tern resume failed"
+    nap "$SETTLE"
+    t0=$(now_us)
+    "$TERN" save "$name" "$file" --connect "$work/a/ternd.sock" >/dev/null || die "tern save failed"
+    add tern save ms $((($(now_us) - t0) / 1000))
+    add tern save bytes "$(stat -c %s "$file")"
+    t0=$(now_us)
+    "$TERN" restore "$file" --connect "$work/a/ternd.sock" >/dev/null || die "tern restore failed"
+    add tern restore ms $((($(now_us) - t0) / 1000))
+    rm -f "$file"
+    "$TERN" suspend "$name" --connect "$work/a/ternd.sock" >/dev/null || die "tern suspend failed"
+}
+QS_NAME="" QS_PID=""
+qemu_save_restore() { # RUN: QEMU by hand: stop, migrate to a file; a new QEMU with -incoming from it, cont
+    local qfile=$work/bench.qemusave src=$QS_NAME dst=qs-$1 t0
+    qmp "$src" '{"execute":"cont"}'
+    nap "$SETTLE"
+    t0=$(now_us)
+    qmp "$src" '{"execute":"stop"}'
+    qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
+    qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $qfile\"}}"
+    qmp_wait_migrated "$src" save
+    sync -f "$qfile"
+    add qemu save ms $((($(now_us) - t0) / 1000))
+    add qemu save bytes "$(stat -c %s "$qfile")"
+    qmp_close "$src"
+    kill -KILL "$QS_PID"
+    t0=$(now_us)
+    # shellcheck disable=SC2046
+    "$QEMU" $(qemu_args idle "$dst") -append "$(cmdline_for idle)" -incoming "exec:cat $qfile" 2>/dev/null &
+    QS_PID=$!
+    disown
+    PIDS+=($QS_PID)
+    qmp_open "$dst" "$work/$dst.qmp"
+    # The state was saved stopped, so QEMU keeps it stopped once loaded: then 'cont'.
+    qmp_wait_migrated "$dst" restore
+    qmp "$dst" '{"execute":"cont"}'
+    add qemu restore ms $((($(now_us) - t0) / 1000))
+    rm -f "$qfile"
+    qmp "$dst" '{"execute":"stop"}'
+    QS_NAME=$dst
+}
 bench_save_restore() {
-    local i t0 out name=bench-save file=$work/bench.ternsave qfile=$work/bench.qemusave pid
+    local i name=bench-save
     start_tern_vm "$name" idle
     wait_console "$work/a/vms/$name/console.log" "TERN-GUEST: counter 3"
+    "$TERN" suspend "$name" --connect "$work/a/ternd.sock" >/dev/null || die "tern suspend failed"
+    QS_NAME=qs-0
+    # shellcheck disable=SC2046
+    "$QEMU" $(qemu_args idle "$QS_NAME") -append "$(cmdline_for idle)" 2>/dev/null &
+    QS_PID=$!
+    disown
+    PIDS+=($QS_PID)
+    qmp_open "$QS_NAME" "$work/$QS_NAME.qmp"
+    wait_console "$work/$QS_NAME.log" "TERN-GUEST: counter 3"
+    qmp "$QS_NAME" '{"execute":"stop"}'
     for ((i = 1; i <= RUNS; i++)); do
-        t0=$(now_us)
-        "$TERN" save "$name" "$file" --connect "$work/a/ternd.sock" >/dev/null || die "tern save failed"
-        add tern save ms $((($(now_us) - t0) / 1000))
-        add tern save bytes "$(stat -c %s "$file")"
-        t0=$(now_us)
-        "$TERN" restore "$file" --connect "$work/a/ternd.sock" >/dev/null || die "tern restore failed"
-        add tern restore ms $((($(now_us) - t0) / 1000))
-        rm -f "$file"
+        tern_save_restore "$name"
+        qemu_save_restore "$i"
     done
     "$TERN" destroy "$name" --connect "$work/a/ternd.sock" >/dev/null
-
-    # QEMU by hand: stop, migrate to a file; a new QEMU with -incoming from it, cont.
-    local src=qs-0 dst
-    # shellcheck disable=SC2046
-    "$QEMU" $(qemu_args idle "$src") -append "$(cmdline_for idle)" 2>/dev/null &
-    pid=$!
-    disown
-    PIDS+=($pid)
-    qmp_open "$src" "$work/$src.qmp"
-    wait_console "$work/$src.log" "TERN-GUEST: counter 3"
-    for ((i = 1; i <= RUNS; i++)); do
-        t0=$(now_us)
-        qmp "$src" '{"execute":"stop"}'
-        qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
-        qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $qfile\"}}"
-        qmp_wait_migrated "$src" save
-        sync -f "$qfile"
-        add qemu save ms $((($(now_us) - t0) / 1000))
-        add qemu save bytes "$(stat -c %s "$qfile")"
-        qmp_close "$src"
-        kill -KILL "$pid"
-        dst=qs-$i
-        t0=$(now_us)
-        # shellcheck disable=SC2046
-        "$QEMU" $(qemu_args idle "$dst") -append "$(cmdline_for idle)" -incoming "exec:cat $qfile" 2>/dev/null &
-        pid=$!
-        disown
-        PIDS+=($pid)
-        qmp_open "$dst" "$work/$dst.qmp"
-        # The state was saved stopped, so QEMU keeps it stopped once loaded: then 'cont'.
-        qmp_wait_migrated "$dst" restore
-        qmp "$dst" '{"execute":"cont"}'
-        add qemu restore ms $((($(now_us) - t0) / 1000))
-        rm -f "$qfile"
-        src=$dst
-    done
-    qmp_close "$src"
-    kill -KILL "$pid"
+    qmp_close "$QS_NAME"
+    kill -KILL "$QS_PID"
 }
 
 # ---- run ---------------------------------------------------------------------------------
