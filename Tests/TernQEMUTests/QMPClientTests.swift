@@ -55,7 +55,8 @@ final class FakeQMPServer: Sendable {
         /// `migrate` is followed by a MIGRATION event saying "active" (QEMU's first pass has begun).
         let announcesActive: Bool
         let stampedPause: Double?
-        let stoppedAt = NIOLockedValueBox(0.0)
+        /// When `stop` came, in microseconds since 1970.
+        let stoppedAt = NIOLockedValueBox(0)
 
         /// When set, `query-migrate` is preceded by that many MIGRATION_PASS events and a STOP:
         /// QEMU stopping the guest for its last pass.
@@ -101,7 +102,7 @@ final class FakeQMPServer: Sendable {
                 case "stop":
                     running.withLockedValue { $0 = false }
                     if stampedPause != nil {
-                        let now = Date().timeIntervalSince1970
+                        let now = Int((Date().timeIntervalSince1970 * 1_000_000).rounded())
                         stoppedAt.withLockedValue { $0 = now }
                         send(context, stamped("STOP", at: now))
                     }
@@ -143,7 +144,9 @@ final class FakeQMPServer: Sendable {
                         send(context, #"{"error": {"class": "GenericError", "desc": "Migration is not finalized yet"}, "id": \#(id)}"#)
                     } else {
                         running.withLockedValue { $0 = true }
-                        if let stampedPause { send(context, stamped("RESUME", at: stoppedAt.withLockedValue { $0 } + stampedPause)) }
+                        if let stampedPause {
+                            send(context, stamped("RESUME", at: stoppedAt.withLockedValue { $0 } + Int(stampedPause * 1_000_000)))
+                        }
                         send(context, #"{"return": {}, "id": \#(id)}"#)
                     }
                 case "migrate" where announcesActive:
@@ -164,10 +167,9 @@ final class FakeQMPServer: Sendable {
             }
         }
 
-        private func stamped(_ event: String, at time: Double) -> String {
-            let seconds = Int(time)
-            let microseconds = Int(((time - Double(seconds)) * 1_000_000).rounded())
-            return #"{"event": "\#(event)", "timestamp": {"seconds": \#(seconds), "microseconds": \#(microseconds)}}"#
+        /// A QMP event stamped `microseconds` after 1970, as QEMU stamps its events.
+        private func stamped(_ event: String, at microseconds: Int) -> String {
+            #"{"event": "\#(event)", "timestamp": {"seconds": \#(microseconds / 1_000_000), "microseconds": \#(microseconds % 1_000_000)}}"#
         }
 
         private func send(_ context: ChannelHandlerContext, _ line: String) {
