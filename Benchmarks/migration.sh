@@ -150,6 +150,20 @@ qemu_args() { # CASE NAME
         -qmp "unix:$work/$2.qmp,server=on,wait=off"
 }
 
+# qemu_launch NAME CASE [ARGS…]: QEMU with the guest of CASE in the background (its stderr in
+# NAME.err), connected over QMP; LAUNCHED = its pid
+LAUNCHED=""
+qemu_launch() {
+    local name=$1 c=$2
+    shift 2
+    # shellcheck disable=SC2046
+    "$QEMU" $(qemu_args "$c" "$name") -append "$(cmdline_for "$c")" "$@" 2>"$work/$name.err" &
+    LAUNCHED=$!
+    disown
+    PIDS+=($LAUNCHED)
+    qmp_open "$name" "$work/$name.qmp"
+}
+
 declare -A RESULT   # RESULT[method,case,metric] = "v1 v2 …"
 add() { RESULT[$1,$2,$3]+="$4 "; }
 
@@ -159,12 +173,8 @@ add() { RESULT[$1,$2,$3]+="$4 "; }
 declare -A QSRC QPID
 qemu_boot() { # CASE
     local c=$1 src=q-$1-0
-    # shellcheck disable=SC2046
-    "$QEMU" $(qemu_args "$c" "$src") -append "$(cmdline_for "$c")" 2>"$work/$src.err" &
-    PIDS+=($!)
-    QPID[$c]=$!
-    disown
-    qmp_open "$src" "$work/$src.qmp"
+    qemu_launch "$src" "$c"
+    QPID[$c]=$LAUNCHED
     wait_console "$work/$src.log" "$(ready_marker "$c")"
     QSRC[$c]=$src
     qmp "$src" '{"execute":"stop"}'
@@ -175,12 +185,8 @@ qemu_move() { # CASE RUN
     nap "$SETTLE"
     port=$((49000 + RANDOM % 1000))
     t0=$(now_us)
-    # shellcheck disable=SC2046
-    "$QEMU" $(qemu_args "$c" "$dst") -append "$(cmdline_for "$c")" -incoming "tcp:127.0.0.1:$port" 2>"$work/$dst.err" &
-    dstpid=$!
-    disown
-    PIDS+=($dstpid)
-    qmp_open "$dst" "$work/$dst.qmp"
+    qemu_launch "$dst" "$c" -incoming "tcp:127.0.0.1:$port"
+    dstpid=$LAUNCHED
     qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
     qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:$port\"}}"
     while :; do
@@ -403,12 +409,8 @@ qemu_save_restore() { # RUN: QEMU by hand: stop, migrate to a file; a new QEMU w
     qmp_close "$src"
     kill -KILL "$QS_PID"
     t0=$(now_us)
-    # shellcheck disable=SC2046
-    "$QEMU" $(qemu_args idle "$dst") -append "$(cmdline_for idle)" -incoming "exec:cat $qfile" 2>/dev/null &
-    QS_PID=$!
-    disown
-    PIDS+=($QS_PID)
-    qmp_open "$dst" "$work/$dst.qmp"
+    qemu_launch "$dst" idle -incoming "exec:cat $qfile"
+    QS_PID=$LAUNCHED
     # The state was saved stopped, so QEMU keeps it stopped once loaded: then 'cont'.
     qmp_wait_migrated "$dst" restore
     qmp "$dst" '{"execute":"cont"}'
@@ -423,12 +425,8 @@ bench_save_restore() {
     wait_console "$work/a/vms/$name/console.log" "TERN-GUEST: counter 3"
     "$TERN" suspend "$name" --connect "$work/a/ternd.sock" >/dev/null || die "tern suspend failed"
     QS_NAME=qs-0
-    # shellcheck disable=SC2046
-    "$QEMU" $(qemu_args idle "$QS_NAME") -append "$(cmdline_for idle)" 2>/dev/null &
-    QS_PID=$!
-    disown
-    PIDS+=($QS_PID)
-    qmp_open "$QS_NAME" "$work/$QS_NAME.qmp"
+    qemu_launch "$QS_NAME" idle
+    QS_PID=$LAUNCHED
     wait_console "$work/$QS_NAME.log" "TERN-GUEST: counter 3"
     qmp "$QS_NAME" '{"execute":"stop"}'
     for ((i = 1; i <= RUNS; i++)); do
