@@ -626,7 +626,7 @@ extension VMHost {
 
     private func removeFiles(_ name: String) {
         let vmFiles = files(name)
-        for file in [vmFiles.controlSocket, vmFiles.consoleSocket, vmFiles.pidFile, vmFiles.hypervisorLog] {
+        for file in [vmFiles.controlSocket, vmFiles.consoleSocket, vmFiles.hypervisorLog] {
             try? FileManager.default.removeItem(at: file)
         }
     }

@@ -138,10 +138,8 @@ public struct VMFiles: Sendable, Equatable {
     public var consoleSocket: URL { directory.appendingPathComponent("console.sock") }
     /// The hypervisor's control socket.
     public var controlSocket: URL { directory.appendingPathComponent("control.sock") }
-    /// The hypervisor's own messages (stderr).
+    /// The hypervisor's own messages (its standard output and error, for as long as it runs).
     public var hypervisorLog: URL { directory.appendingPathComponent("hypervisor.log") }
-    /// The hypervisor's process id.
-    public var pidFile: URL { directory.appendingPathComponent("pid") }
 
     public init(directory: URL) { self.directory = directory }
 }

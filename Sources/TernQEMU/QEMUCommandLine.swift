@@ -21,7 +21,7 @@ public struct QEMUCommandLine: Sendable {
 
     public init(
         binary: String, configuration: VMConfiguration, cpu: QEMUGuestCPU, accelerator: Accelerator, files: VMFiles,
-        console: Console, daemonize: Bool
+        console: Console
     ) {
         self.binary = binary
         var args = [
@@ -48,7 +48,6 @@ public struct QEMUCommandLine: Sendable {
             args += ["-chardev", "stdio,id=console,mux=on,signal=off,logfile=\(log),logappend=on"]
         }
         args += ["-serial", "chardev:console", "-qmp", "unix:\(files.controlSocket.path),server=on,wait=off"]
-        if daemonize { args += ["-daemonize", "-pidfile", files.pidFile.path] }
         arguments = args
     }
 }

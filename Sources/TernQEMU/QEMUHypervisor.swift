@@ -93,13 +93,13 @@ public struct QEMUHypervisor: Hypervisor {
     }
 
     /// The command line for a VM (also what `tern run --dry-run` prints).
-    public func commandLine(_ configuration: VMConfiguration, files: VMFiles, console: QEMUCommandLine.Console, daemonize: Bool)
+    public func commandLine(_ configuration: VMConfiguration, files: VMFiles, console: QEMUCommandLine.Console)
         -> QEMUCommandLine
     {
         QEMUCommandLine(
             binary: binary, configuration: configuration,
             cpu: QEMUGuestCPU(configuration.cpu, map: map, capabilities: capabilities), accelerator: accelerator, files: files,
-            console: console, daemonize: daemonize)
+            console: console)
     }
 
     public func start(_ configuration: VMConfiguration, files: VMFiles) async throws -> any VirtualMachineInstance {
@@ -108,8 +108,8 @@ public struct QEMUHypervisor: Hypervisor {
 
     /// Starts a VM paused, checks the guest got exactly the CPU asked for, then lets it run.
     ///
-    /// With `.socket` QEMU daemonizes (it outlives this process); with `.terminal` it stays a
-    /// child with the console on this terminal.
+    /// With `.socket` QEMU runs on its own (``QEMUProcess``); with `.terminal` it is a child
+    /// with the console on this terminal.
     public func start(_ configuration: VMConfiguration, files: VMFiles, console: QEMUCommandLine.Console) async throws
         -> QEMUVirtualMachine
     {
@@ -156,82 +156,58 @@ public struct QEMUHypervisor: Hypervisor {
 
     enum LaunchPhase { case spawned, controlReady }
 
-    /// Validates, spawns QEMU (daemonized for `.socket`, a child for `.terminal`) with `extra`
-    /// arguments, and connects to its control socket.
+    /// Validates, spawns QEMU (see ``QEMUProcess`` for `.socket`; for `.terminal`, a child
+    /// holding this terminal) with `extra` arguments, and connects to its control socket.
     private func launch(
         _ configuration: VMConfiguration, files: VMFiles, console: QEMUCommandLine.Console, extra: [String],
         phase: (LaunchPhase) -> Void
     ) async throws -> QEMUVirtualMachine {
         try validate(configuration)
         try FileManager.default.createDirectory(at: files.directory, withIntermediateDirectories: true)
-        for file in [files.controlSocket, files.consoleSocket, files.pidFile] { try? FileManager.default.removeItem(at: file) }
-        let daemonize = console == .socket
-        var command = commandLine(configuration, files: files, console: console, daemonize: daemonize)
+        for file in [files.controlSocket, files.consoleSocket] { try? FileManager.default.removeItem(at: file) }
+        var command = commandLine(configuration, files: files, console: console)
         command.arguments += extra
         let pid: Int32
-        let process: Process?
-        let client: QMPClient
-        if daemonize {
-            // The launching QEMU exits once the daemonized one is set up (0) or has failed
-            // (non-zero, its message on stderr). swift-subprocess closes every other descriptor in
-            // the child, so the daemon keeps none of ours open. The control socket answers from
-            // the moment QEMU's set-up is done, a little before the launcher is seen to exit:
-            // whichever comes first ends the wait.
-            let launcher = LauncherOutcome()
-            let binary = command.binary
-            let arguments = command.arguments
-            Task {
-                do {
-                    let result = try await Subprocess.run(
-                        .path(FilePath(binary)), arguments: Arguments(arguments), output: .discarded,
-                        error: .string(limit: 65536))
-                    let message = result.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
-                    launcher.set(
-                        result.terminationStatus.isSuccess
-                            ? .succeeded
-                            : .failed(message.isEmpty ? "QEMU exited with \(result.terminationStatus)" : message))
-                } catch {
-                    launcher.set(.failed("cannot run \(binary): \(error)"))
-                }
-            }
-            phase(.spawned)
-            // A refused or closed connection may be QEMU failing: its launcher says so in a moment.
-            client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path) {
-                if case .failed(let message)? = launcher.value { message } else { nil }
-            }
-            guard let text = try? String(contentsOf: files.pidFile, encoding: .utf8),
-                let value = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-            else { throw HypervisorError.startFailed("QEMU wrote no pid file") }
-            pid = value
-            process = nil
-        } else {
+        let ended: @Sendable () -> Bool
+        var child: Process?
+        var spawned: QEMUProcess?
+        switch console {
+        case .socket:
+            let process = try await QEMUProcess.spawn(command, log: files.hypervisorLog)
+            pid = process.pid
+            spawned = process
+            ended = { process.ended != nil }
+        case .terminal:
             // In the foreground QEMU is this process's child with the console on the terminal;
             // its own messages go to a file.
-            let child = Process()
-            child.executableURL = URL(fileURLWithPath: command.binary)
-            child.arguments = command.arguments
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: command.binary)
+            process.arguments = command.arguments
             _ = FileManager.default.createFile(atPath: files.hypervisorLog.path, contents: nil)
             let stderr = try FileHandle(forWritingTo: files.hypervisorLog)
-            child.standardError = stderr
-            do { try child.run() } catch { throw HypervisorError.notInstalled(command.binary) }
+            process.standardError = stderr
+            do { try process.run() } catch { throw HypervisorError.notInstalled(command.binary) }
             try? stderr.close()
-            pid = child.processIdentifier
-            process = child
-            phase(.spawned)
-            do {
-                client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path) {
-                    child.isRunning ? nil : "QEMU exited"
-                }
-            } catch HypervisorError.startFailed {
-                throw HypervisorError.startFailed(hypervisorMessages(files))
-            } catch {
-                kill(pid, SIGKILL)
-                throw error
+            pid = process.processIdentifier
+            child = process
+            ended = { !process.isRunning }
+        }
+        phase(.spawned)
+        let client: QMPClient
+        do {
+            // A refused or closed connection may be QEMU failing: then it has ended, and said why.
+            client = try await QEMUCapabilities.connectWhenReady(socket: files.controlSocket.path) {
+                ended() ? "QEMU exited" : nil
             }
+        } catch HypervisorError.startFailed {
+            throw HypervisorError.startFailed(hypervisorMessages(files))
+        } catch {
+            kill(pid, SIGKILL)
+            throw error
         }
         phase(.controlReady)
-        return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: process,
-            exactPasses: exactLiveMigrationPasses)
+        return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: child,
+            process: spawned, exactPasses: exactLiveMigrationPasses)
     }
 
     public func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance {
@@ -241,7 +217,7 @@ public struct QEMUHypervisor: Hypervisor {
         else { throw HypervisorError.notRunning(configuration.name) }
         let client = try await QMPClient.connect(path: files.controlSocket.path)
         return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: nil,
-            exactPasses: exactLiveMigrationPasses)
+            process: nil, exactPasses: exactLiveMigrationPasses)
     }
 
     /// What QEMU wrote to its log, for error messages.
@@ -252,20 +228,9 @@ public struct QEMUHypervisor: Hypervisor {
     }
 }
 
-/// How a daemonizing QEMU's launcher ended (nil while it runs); a failure carries QEMU's message.
-private final class LauncherOutcome: Sendable {
-    enum Outcome: Sendable {
-        case succeeded
-        case failed(String)
-    }
-    private let box = NIOLockedValueBox<Outcome?>(nil)
-    var value: Outcome? { box.withLockedValue { $0 } }
-    func set(_ outcome: Outcome) { box.withLockedValue { $0 = outcome } }
-}
-
 /// How long each phase of starting a VM took, measured from the start request.
 public struct QEMUStartTimings: Sendable, Equatable {
-    /// QEMU launched (its process started; a daemonizing one is then waited for at its control socket).
+    /// QEMU launched (its process started).
     public var spawned: Duration = .zero
     /// QMP answered (QEMU's own set-up, paid by any way of starting QEMU).
     public var controlReady: Duration = .zero

@@ -14,8 +14,11 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     public let files: VMFiles
     let client: QMPClient
     let map: CPUMap
-    /// The QEMU process when it is this process's child (`tern run`); nil when daemonized.
+    /// The QEMU process when it holds this process's terminal (`tern run`).
     let child: Process?
+    /// The QEMU process when this process started it for a daemon; nil for both when this
+    /// process found it running (a daemon started again).
+    let process: QEMUProcess?
     /// The last event that says why the VM stops: SHUTDOWN's reason, or GUEST_PANICKED.
     private let ending = NIOLockedValueBox<String?>(nil)
     private let timings = NIOLockedValueBox(QEMUStartTimings())
@@ -73,7 +76,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     init(
         name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?,
-        exactPasses: Int?
+        process: QEMUProcess? = nil, exactPasses: Int?
     ) {
         self.exactPasses = exactPasses
         self.name = name
@@ -82,6 +85,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         self.files = files
         self.map = map
         self.child = child
+        self.process = process
         let ending = self.ending
         let transitions = self.transitions
         let migrationSignal = self.migrationSignal
@@ -491,13 +495,14 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         case let reason?: return .failed("QEMU stopped: \(reason)")
         case nil:
             if let child, child.terminationReason == .uncaughtSignal { return .killed(signal: child.terminationStatus) }
+            if case .signaled(let number)? = process?.ended { return .killed(signal: number) }
             if Self.consoleShowsPanic(files.consoleLog) { return .panicked }
             return .killed(signal: SIGKILL)
         }
     }
 
-    /// True while the process exists and has not ended. A daemonized QEMU's parent is init,
-    /// which may take its time to reap it: a zombie counts as ended.
+    /// True while the process exists and has not ended. A zombie counts as ended: its parent
+    /// (this process, or init for a QEMU whose daemon ended) may not have reaped it yet.
     static func isAlive(_ pid: Int32) -> Bool {
         guard kill(pid, 0) == 0 else { return false }
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),

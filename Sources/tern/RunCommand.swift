@@ -50,7 +50,7 @@ struct Run: AsyncParsableCommand {
         let files = VMFiles(directory: directory)
         if dryRun {
             try hypervisor.validate(configuration)
-            let command = hypervisor.commandLine(configuration, files: files, console: .terminal, daemonize: false)
+            let command = hypervisor.commandLine(configuration, files: files, console: .terminal)
             print(([command.binary] + command.arguments).map(shellQuote).joined(separator: " "))
             return
         }

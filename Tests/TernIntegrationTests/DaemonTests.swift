@@ -74,9 +74,12 @@ import Testing
         _ = try define(daemon, TestDaemon.domainXML(name: "lost"))
         #expect(try daemon.tern("start", "lost").status == 0)
         #expect(daemon.waitForConsole("lost", "TERN-GUEST: counter 1"))
+        let info = try daemon.tern("dominfo", "lost", "--json").out
+        let pid = info.split(separator: "\n").first { $0.contains("\"pid\"") }
+            .flatMap { Int32($0.filter(\.isNumber)) }
+        #expect(pid != nil)
         daemon.kill()
-        let info = try String(contentsOf: daemon.stateDirectory.appendingPathComponent("vms/lost/pid"), encoding: .utf8)
-        if let pid = Int32(info.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) }
+        if let pid { kill(pid, SIGKILL) }
         Thread.sleep(forTimeInterval: 0.3)
         try daemon.start()
         let after = try daemon.tern("dominfo", "lost")
