@@ -85,7 +85,8 @@ public actor VMHost {
                 watch(record.name, vm)
             } catch {
                 record.state = "crashed"
-                record.reason = "its hypervisor process ended while the daemon was not running"
+                record.reason = withHypervisorMessage(
+                    "its hypervisor process ended while the daemon was not running", record.name)
                 record.lastConsoleLines = encodeLines(lastConsoleLines(record.name))
                 record.pid = nil
                 try? store.save(record)
@@ -247,11 +248,11 @@ public actor VMHost {
                 record.lastConsoleLines = encodeLines(lastConsoleLines(name))
             case .killed(let signal):
                 record.state = "crashed"
-                record.reason = "the hypervisor process was killed (signal \(signal))"
+                record.reason = withHypervisorMessage("the hypervisor process was killed (signal \(signal))", name)
                 record.lastConsoleLines = encodeLines(lastConsoleLines(name))
             case .failed(let message):
                 record.state = "crashed"
-                record.reason = message
+                record.reason = withHypervisorMessage(message, name)
                 record.lastConsoleLines = encodeLines(lastConsoleLines(name))
             }
         }
@@ -336,6 +337,16 @@ public actor VMHost {
             return Array(lines[max(0, panic - 5)...].prefix(60))
         }
         return Array(lines.suffix(count))
+    }
+
+    /// `reason`, followed by the last line the hypervisor process wrote to its log (its own
+    /// messages: an assertion that failed, the signal that ended it), if it wrote one.
+    func withHypervisorMessage(_ reason: String, _ name: String) -> String {
+        guard let data = try? Data(contentsOf: files(name).hypervisorLog),
+            let last = String(decoding: data.suffix(4096), as: UTF8.self).split(whereSeparator: \.isNewline)
+                .last(where: { !$0.allSatisfy(\.isWhitespace) })
+        else { return reason }
+        return "\(reason); its last message: \(last.trimmingCharacters(in: .whitespaces))"
     }
 
     func encode<T: Encodable>(_ value: T) -> String? {

@@ -11,6 +11,12 @@ import Testing
         try daemon.tern("define", "-", stdin: xml)
     }
 
+    /// The pid of a VM's hypervisor process, as `dominfo --json` gives it.
+    func hypervisorPID(_ daemon: TestDaemon, _ name: String) throws -> Int32? {
+        try daemon.tern("dominfo", name, "--json").out.split(separator: "\n").first { $0.contains("\"pid\"") }
+            .flatMap { Int32($0.filter(\.isNumber)) }
+    }
+
     @Test func defineStartInspectAndStopAVM() throws {
         let daemon = try TestDaemon()
         defer { daemon.tearDown() }
@@ -54,13 +60,12 @@ import Testing
         _ = try define(daemon, TestDaemon.domainXML(name: "idle"))
         #expect(try daemon.tern("start", "survivor").status == 0)
         #expect(daemon.waitForConsole("survivor", "TERN-GUEST: counter 2"))
-        let before = try daemon.tern("dominfo", "survivor", "--json").out
+        let before = try hypervisorPID(daemon, "survivor")
         daemon.kill()
         try daemon.start()
-        let after = try daemon.tern("dominfo", "survivor", "--json").out
-        #expect(after.contains("\"state\" : \"running\""))
-        let pid = { (text: String) in text.split(separator: "\n").first { $0.contains("\"pid\"") } }
-        #expect(pid(before) != nil && pid(before) == pid(after))
+        #expect(try daemon.tern("dominfo", "survivor", "--json").out.contains("\"state\" : \"running\""))
+        let after = try hypervisorPID(daemon, "survivor")
+        #expect(before != nil && before == after)
         #expect(try daemon.tern("list").out.contains("idle"))
         let counter = daemon.lastCounter("survivor")
         #expect(daemon.waitForConsole("survivor", "TERN-GUEST: counter \(counter + 3)"))
@@ -74,9 +79,7 @@ import Testing
         _ = try define(daemon, TestDaemon.domainXML(name: "lost"))
         #expect(try daemon.tern("start", "lost").status == 0)
         #expect(daemon.waitForConsole("lost", "TERN-GUEST: counter 1"))
-        let info = try daemon.tern("dominfo", "lost", "--json").out
-        let pid = info.split(separator: "\n").first { $0.contains("\"pid\"") }
-            .flatMap { Int32($0.filter(\.isNumber)) }
+        let pid = try hypervisorPID(daemon, "lost")
         #expect(pid != nil)
         daemon.kill()
         if let pid { kill(pid, SIGKILL) }
@@ -85,6 +88,24 @@ import Testing
         let after = try daemon.tern("dominfo", "lost")
         #expect(after.out.contains("crashed"))
         #expect(after.out.contains("TERN-GUEST: counter"))
+    }
+
+    @Test func aHypervisorEndedFromOutsideIsCrashedWithItsLastMessage() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "ended"))
+        #expect(try daemon.tern("start", "ended").status == 0)
+        #expect(daemon.waitForConsole("ended", "TERN-GUEST: counter 1"))
+        let pid = try #require(try hypervisorPID(daemon, "ended"))
+        kill(pid, SIGTERM)
+        var info = ""
+        for _ in 0..<100 where !info.contains("crashed") {
+            Thread.sleep(forTimeInterval: 0.1)
+            info = try daemon.tern("dominfo", "ended").out
+        }
+        #expect(info.contains("State:          crashed"))
+        // What QEMU itself said as it went (to its hypervisor log, kept for its whole life).
+        #expect(info.contains("terminating on signal 15"), "\(info)")
     }
 
     @Test func aPanickingGuestIsCrashedWithItsLastConsoleLines() throws {
