@@ -1,7 +1,4 @@
 import Foundation
-import NIOConcurrencyHelpers
-import Subprocess
-import SystemPackage
 import TernCPU
 import TernHypervisor
 
