@@ -14,7 +14,8 @@
 # here), a destination's first writes to fresh memory sometimes cost several times more, for
 # every method alike: plain QEMU moving a 1 GiB idle guest took 130-513 ms into a fresh QEMU and
 # 111-174 ms into one started with -mem-prealloc (8 runs each, alternating). Hence the spread.
-# Tern and plain QEMU take turns, move by move (the host's drift weighs on both alike); between
+# Tern and plain QEMU take turns, move by move, the first of each pair alternating (the host's
+# drift, and what one method's move leaves behind for the next, weigh on both alike); between
 # its moves a guest is paused ('tern suspend', QMP 'stop'), and it runs SETTLE seconds (0.5)
 # before each move.
 #   virsh  'virsh migrate --live --p2p' between two session-mode libvirtd with their own host
@@ -430,8 +431,13 @@ bench_save_restore() {
     wait_console "$work/$QS_NAME.log" "TERN-GUEST: counter 3"
     qmp "$QS_NAME" '{"execute":"stop"}'
     for ((i = 1; i <= RUNS; i++)); do
-        tern_save_restore "$name"
-        qemu_save_restore "$i"
+        if ((i % 2)); then
+            tern_save_restore "$name"
+            qemu_save_restore "$i"
+        else
+            qemu_save_restore "$i"
+            tern_save_restore "$name"
+        fi
     done
     "$TERN" destroy "$name" --connect "$work/a/ternd.sock" >/dev/null
     qmp_close "$QS_NAME"
@@ -450,14 +456,21 @@ for d in a b; do
 done
 
 # Tern and plain QEMU take turns, move by move, so that the host's drift (large on a shared
-# machine) weighs on both alike; each guest runs only for its own moves.
+# machine) weighs on both alike; each guest runs only for its own moves. Who goes first
+# alternates run by run: a move made right after the other method's pays for whatever that one
+# left behind (a QEMU's memory being freed), and that should fall on both alike too.
 for c in $CASES; do
     log "case $c: tern and plain QEMU, in turns ($RUNS runs each)"
     wants tern && tern_boot "$c"
     wants qemu && qemu_boot "$c"
     for ((i = 1; i <= RUNS; i++)); do
-        wants tern && tern_move "$c"
-        wants qemu && qemu_move "$c" "$i"
+        if ((i % 2)); then
+            wants tern && tern_move "$c"
+            wants qemu && qemu_move "$c" "$i"
+        else
+            wants qemu && qemu_move "$c" "$i"
+            wants tern && tern_move "$c"
+        fi
     done
     wants tern && tern_end "$c"
     wants qemu && qemu_end "$c"
