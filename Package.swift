@@ -101,7 +101,7 @@ let package = Package(
             ],
             linkerSettings: releaseLink
         ),
-        .testTarget(name: "TernHostTests", dependencies: ["TernHost", "TernCPU"]),
+        .testTarget(name: "TernHostTests", dependencies: ["TernHost", "TernCPU", "TernHypervisor"]),
         .testTarget(name: "TernSaveFileTests", dependencies: ["TernSaveFile", "CTernHost"]),
         .testTarget(
             name: "TernQEMUTests",

@@ -66,13 +66,18 @@ chmod 0755 "$ROOT/bin/busybox"
     [ -e "$ROOT/$applet" ] || [ -L "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
 done
 chmod 1777 "$ROOT/tmp"
-# The pvpanic driver (built as modules in the cloud kernel), so a panicking guest tells the
-# hypervisor (QEMU's GUEST_PANICKED event) instead of only printing to its console.
+# Drivers the cloud kernel builds as modules, loaded by init in this order (a module after the
+# ones it needs): pvpanic, so a panicking guest tells the hypervisor (QEMU's GUEST_PANICKED
+# event) instead of only printing to its console; the virtio balloon (with virtio PCI under it),
+# so the guest reports its free memory and Tern's VMs give it back to the host.
+MODULES="pvpanic pvpanic-mmio pvpanic-pci virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon"
 KVER=${KERNEL#/boot/vmlinuz-}
 mkdir -p "$ROOT/lib/modules"
-for module in pvpanic pvpanic-mmio pvpanic-pci; do
-    found=$(find "/lib/modules/$KVER/kernel/drivers/misc/pvpanic" -name "$module.ko*" 2>/dev/null | head -n 1)
+for module in $MODULES; do
+    found=$(find "/lib/modules/$KVER/kernel/drivers/misc/pvpanic" "/lib/modules/$KVER/kernel/drivers/virtio" \
+        -name "$module.ko*" 2>/dev/null | head -n 1)
     [ -n "$found" ] || continue
+    echo "$module" >> "$ROOT/lib/modules/order"
     case "$found" in
         *.xz) xz -dc "$found" > "$ROOT/lib/modules/$module.ko" ;;
         *.zst) zstd -qdc "$found" > "$ROOT/lib/modules/$module.ko" ;;
@@ -90,8 +95,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 # The archive carries /dev/console, but it is hidden by devtmpfs: reopen it.
 exec </dev/console >/dev/console 2>&1
-for module in pvpanic pvpanic-mmio pvpanic-pci; do
-    [ -f /lib/modules/$module.ko ] && insmod /lib/modules/$module.ko 2>/dev/null
+for module in $(cat /lib/modules/order 2>/dev/null); do
+    insmod /lib/modules/$module.ko 2>/dev/null
 done
 
 say() { echo "TERN-GUEST: $*"; }

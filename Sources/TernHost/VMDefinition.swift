@@ -1,5 +1,6 @@
 import Foundation
 import TernCPU
+import TernHypervisor
 
 /// A VM as the user defines it: a subset of libvirt's domain XML.
 ///
@@ -20,6 +21,7 @@ import TernCPU
 ///   </cpu>
 ///   <devices>
 ///     <disk type='file' device='disk'><source file='/var/lib/tern/disk.img'/></disk>
+///     <memballoon model='virtio' freePageReporting='on'/>   <!-- the default; model='none': no balloon -->
 ///   </devices>
 ///   <metadata>                                   <!-- Tern's CPU modes beyond libvirt's -->
 ///     <tern:cpu xmlns:tern='https://tern.dev/xmlns/domain/1' mode='compatibility'/>
@@ -38,6 +40,9 @@ public struct VMDefinition: Sendable, Equatable {
     public var cmdline: String?
     public var disk: String?
     public var cpu: CPUChoice
+    /// The memory balloon: without `<memballoon>`, a virtio balloon with free page reporting
+    /// (libvirt adds a balloon by default too, but leaves reporting off); nil for `model='none'`.
+    public var memoryBalloon: MemoryBalloon?
     /// The XML the definition was read from (kept verbatim for `dumpxml` and persistence).
     public var xml: String
 
@@ -96,7 +101,9 @@ public struct VMDefinition: Sendable, Equatable {
         kernel = os?.childText("kernel")
         initrd = os?.childText("initrd")
         cmdline = os?.childText("cmdline")
-        disk = root.child(named: "devices")?.children(named: "disk").first?.child(named: "source")?.attributes["file"]
+        let devices = root.child(named: "devices")
+        disk = devices?.children(named: "disk").first?.child(named: "source")?.attributes["file"]
+        memoryBalloon = try Self.memoryBalloon(devices?.child(named: "memballoon"))
         if kernel == nil && disk == nil { throw VMDefinitionError.invalid("nothing to boot: give <os><kernel> or a <disk>") }
 
         let ternCPU = root.child(named: "metadata")?.children.first { $0.name.hasSuffix(":cpu") || $0.name == "cpu" }
@@ -121,6 +128,26 @@ public struct VMDefinition: Sendable, Equatable {
             }
         } else {
             cpu = .hostPassthrough
+        }
+    }
+
+    /// Reads `<memballoon model='virtio|none' freePageReporting='on|off'/>`.
+    static func memoryBalloon(_ node: XMLNode?) throws -> MemoryBalloon? {
+        guard let node else { return MemoryBalloon() }
+        switch node.attributes["model"] {
+        case "none":
+            return nil
+        case "virtio":
+            switch node.attributes["freePageReporting"] {
+            case nil, "on": return MemoryBalloon(freePageReporting: true)
+            case "off": return MemoryBalloon(freePageReporting: false)
+            case let value?:
+                throw VMDefinitionError.invalid("<memballoon freePageReporting='\(value)'> must be 'on' or 'off' (line \(node.line))")
+            }
+        case let model?:
+            throw VMDefinitionError.invalid("<memballoon model='\(model)'> is not supported (virtio or none) (line \(node.line))")
+        case nil:
+            throw VMDefinitionError.invalid("<memballoon> needs a model (virtio or none) (line \(node.line))")
         }
     }
 

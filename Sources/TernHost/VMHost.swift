@@ -280,7 +280,8 @@ public actor VMHost {
     func configuration(_ definition: VMDefinition, cpu: GuestCPU) throws -> VMConfiguration {
         VMConfiguration(
             name: definition.name, memoryMiB: definition.memoryMiB, vcpus: definition.vcpus, kernel: definition.kernel,
-            initrd: definition.initrd, cmdline: definition.cmdline, disk: definition.disk, cpu: cpu)
+            initrd: definition.initrd, cmdline: definition.cmdline, disk: definition.disk, cpu: cpu,
+            memoryBalloon: definition.memoryBalloon)
     }
 
     func storedCPU(_ cpu: GuestCPU, mode: VMDefinition.CPUChoice) -> GuestCPUInfo {

@@ -112,11 +112,14 @@ public struct VMConfiguration: Sendable, Equatable {
     public var disk: String?
     /// Exactly the CPU the guest must see.
     public var cpu: GuestCPU
+    /// The memory balloon device, if any (libvirt's `<memballoon>`).
+    public var memoryBalloon: MemoryBalloon?
 
     public init(
         name: String, memoryMiB: Int, vcpus: Int, kernel: String?, initrd: String?, cmdline: String?, disk: String?,
-        cpu: GuestCPU
+        cpu: GuestCPU, memoryBalloon: MemoryBalloon? = MemoryBalloon()
     ) {
+        self.memoryBalloon = memoryBalloon
         self.name = name
         self.memoryMiB = memoryMiB
         self.vcpus = vcpus
@@ -126,6 +129,17 @@ public struct VMConfiguration: Sendable, Equatable {
         self.disk = disk
         self.cpu = cpu
     }
+}
+
+/// A virtio memory balloon. With free page reporting the guest tells the hypervisor which of its
+/// memory is free, and the hypervisor gives that memory back to the host: the VM holds less host
+/// memory, and a save or a migration carries less (a reported page reads as zero). The guest
+/// needs the virtio balloon driver; without it the device is simply unused.
+public struct MemoryBalloon: Sendable, Equatable {
+    /// libvirt's `freePageReporting`; on by default in Tern (off in libvirt).
+    public var freePageReporting: Bool
+
+    public init(freePageReporting: Bool = true) { self.freePageReporting = freePageReporting }
 }
 
 /// Where a VM's runtime files live.

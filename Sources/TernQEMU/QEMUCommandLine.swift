@@ -6,7 +6,8 @@ import TernHypervisor
 ///
 /// Direct kernel boot on the `q35` machine with no default devices: the serial console goes
 /// to a chardev that keeps a log file (and, for a daemon, a socket a user can attach to), QMP
-/// listens on the VM's control socket, and a `pvpanic` device lets a panicking guest say so.
+/// listens on the VM's control socket, a `pvpanic` device lets a panicking guest say so, and a
+/// virtio balloon (unless the definition has none) takes back the memory the guest reports free.
 public struct QEMUCommandLine: Sendable {
     /// Where the console goes.
     public enum Console: Sendable {
@@ -37,6 +38,9 @@ public struct QEMUCommandLine: Sendable {
         if let initrd = configuration.initrd { args += ["-initrd", initrd] }
         if let cmdline = configuration.cmdline { args += ["-append", cmdline] }
         if let disk = configuration.disk { args += ["-drive", "file=\(disk),if=virtio,format=raw"] }
+        if let balloon = configuration.memoryBalloon {
+            args += ["-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=\(balloon.freePageReporting ? "on" : "off")"]
+        }
         let log = files.consoleLog.path
         switch console {
         case .socket:

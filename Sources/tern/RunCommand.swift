@@ -23,12 +23,23 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Guest memory (e.g. 512M, 1G; a plain number is MiB).") var memory = "512M"
     @Option(help: "Number of vCPUs.") var cpus = 1
     @Option(help: "The VM's name.") var name = "tern-run"
+    @Option(
+        help: ArgumentHelp(
+            "The memory balloon, as <memballoon model=…> in a domain definition: virtio (with free page reporting) or none.",
+            valueName: "model"))
+    var memballoon = "virtio"
     @Flag(help: "Print the QEMU command line instead of running it.") var dryRun = false
     @Flag(help: "Print the guest's CPU (vendor and features) on standard error before it boots.") var showCPU = false
     @Flag(help: "Print how long each phase of the start took on standard error.") var timing = false
     @OptionGroup var guest: GuestCPUOptions
     @OptionGroup var map: MapOptions
     @OptionGroup var host: HostOptions
+
+    func validate() throws {
+        guard ["virtio", "none"].contains(memballoon) else {
+            throw ValidationError("--memballoon '\(memballoon)' is not a balloon model (virtio or none)")
+        }
+    }
 
     func run() async throws {
         let clock = ContinuousClock()
@@ -42,7 +53,7 @@ struct Run: AsyncParsableCommand {
         let cpu = try cpuMap.guestCPU(guest.config(map: cpuMap, hypervisorOffer: hypervisorOffer), host: offer)
         let configuration = VMConfiguration(
             name: name, memoryMiB: try parseMemory(memory), vcpus: cpus, kernel: kernel, initrd: initrd, cmdline: cmdline,
-            disk: disk, cpu: cpu)
+            disk: disk, cpu: cpu, memoryBalloon: memballoon == "none" ? nil : MemoryBalloon())
         if showCPU {
             printError("tern: guest CPU: vendor=\(cpu.vendor ?? "-") model=\(cpu.model ?? "-") features=\(cpuMap.registry.names(of: cpu.features).joined(separator: " "))")
         }

@@ -1,4 +1,5 @@
 import TernCPU
+import TernHypervisor
 import Testing
 @testable import TernHost
 
@@ -19,6 +20,15 @@ import Testing
         }
         #expect(cpu.model == "Haswell-noTSX")
         #expect(cpu.features == [.init(name: "avx2", policy: .disable)])
+    }
+
+    @Test func aVirtioBalloonWithFreePageReportingUnlessTheDefinitionSaysOtherwise() throws {
+        #expect(try VMDefinition(xml: domain("")).memoryBalloon == MemoryBalloon(freePageReporting: true))
+        #expect(try VMDefinition(xml: domain("<devices><memballoon model='virtio'/></devices>")).memoryBalloon?.freePageReporting == true)
+        #expect(
+            try VMDefinition(xml: domain("<devices><memballoon model='virtio' freePageReporting='off'/></devices>")).memoryBalloon
+                == MemoryBalloon(freePageReporting: false))
+        #expect(try VMDefinition(xml: domain("<devices><memballoon model='none'/></devices>")).memoryBalloon == nil)
     }
 
     @Test func memoryUnits() throws {
@@ -57,6 +67,9 @@ import Testing
         ("<domain><name>a</name><memory>1024</memory><os><kernel>/k</kernel></os><metadata><tern:cpu xmlns:tern='https://tern.dev/xmlns/domain/1' mode='sideways'/></metadata></domain>", "unknown Tern CPU mode"),
         ("<domain><name>a</name><memory>1024</memory><os><kernel>/k</kernel></os><cpu><feature name='avx'/></cpu></domain>", "needs a <model>"),
         ("<domain><name>a</name>", "malformed XML"),
+        ("<domain><name>a</name><memory>1024</memory><os><kernel>/k</kernel></os><devices><memballoon model='xen'/></devices></domain>", "<memballoon model='xen'> is not supported"),
+        ("<domain><name>a</name><memory>1024</memory><os><kernel>/k</kernel></os><devices><memballoon/></devices></domain>", "<memballoon> needs a model"),
+        ("<domain><name>a</name><memory>1024</memory><os><kernel>/k</kernel></os><devices><memballoon model='virtio' freePageReporting='yes'/></devices></domain>", "must be 'on' or 'off'"),
     ])
     func refusesBadDefinitions(xml: String, message: String) {
         #expect {

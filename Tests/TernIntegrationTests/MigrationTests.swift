@@ -226,6 +226,34 @@ import Glibc
         }
     }
 
+    /// The guest reports its free memory through the balloon (Tern's default), the hypervisor
+    /// gives it back to the host, and a save carries it as zero pages: after boot the guest frees
+    /// the compressed kernel image it started from (~14 MiB for Debian's cloud kernel).
+    @Test func freeMemoryTheGuestReportsIsNotSaved() throws {
+        try withTwoDaemons(nil, nil) { a, _ in
+            try boot("reporting", on: a)
+            try boot("no-balloon", on: a, cpu: "<devices><memballoon model='none'/></devices>")
+            // Free page reporting waits two seconds after memory is freed.
+            for name in ["reporting", "no-balloon"] {
+                #expect(a.waitForConsole(name, "TERN-GUEST: counter 6"), "\(name) stopped counting")
+            }
+            var sizes: [String: Int] = [:]
+            for name in ["reporting", "no-balloon"] {
+                let file = a.stateDirectory.appendingPathComponent("\(name).ternsave").path
+                let save = try a.tern("save", name, file)
+                try #require(save.status == 0, "\(save.err)")
+                sizes[name] = try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int
+            }
+            let reporting = try #require(sizes["reporting"]), unreported = try #require(sizes["no-balloon"])
+            #expect(reporting < unreported - 8 << 20, "saved \(reporting) bytes with free page reporting, \(unreported) without")
+            // And the guest saved with its balloon comes back.
+            let file = a.stateDirectory.appendingPathComponent("reporting.ternsave").path
+            let restore = try a.tern("restore", file)
+            #expect(restore.status == 0, "\(restore.err)")
+            #expect(a.waitForConsole("reporting", "TERN-GUEST: counter 8"))
+        }
+    }
+
     @Test func quickMigrationThroughASharedDirectory() throws {
         try withTwoDaemons(nil, nil) { a, b in
             try boot("quick", on: a)

@@ -74,6 +74,20 @@ import Testing
         }
         // ternd starts QEMU itself, in a session of its own (QEMUProcess), so QEMU never forks.
         #expect(!line.arguments.contains("-daemonize"))
+        #expect(args.contains("-device virtio-balloon-pci,id=balloon0,free-page-reporting=on"))
+
+        var withoutReporting = configuration
+        withoutReporting.memoryBalloon = MemoryBalloon(freePageReporting: false)
+        var noBalloon = configuration
+        noBalloon.memoryBalloon = nil
+        let lines = [withoutReporting, noBalloon].map {
+            QEMUCommandLine(
+                binary: "qemu", configuration: $0, cpu: QEMUGuestCPU($0.cpu, map: map, capabilities: capabilities), accelerator: .tcg,
+                files: files, console: .socket
+            ).arguments.joined(separator: " ")
+        }
+        #expect(lines[0].contains("virtio-balloon-pci,id=balloon0,free-page-reporting=off"))
+        #expect(!lines[1].contains("virtio-balloon"))
     }
 }
 
