@@ -3,7 +3,10 @@
 # one run on the same guest: 1 GiB, idle (a counter) and while it dirties memory (memtouch).
 #
 #   tern   two ternd on this machine; 'tern migrate VM --to B' (Tern's defaults), alternating
-#          directions; figures from its report (total = the command's wall time)
+#          directions; figures from its report (total = the command's wall time). The VM has
+#          Tern's default devices, so a virtio balloon with free page reporting: the memory the
+#          guest has freed travels as zero pages (plain QEMU has no balloon unless asked; libvirt's
+#          default balloon leaves reporting off)
 #   qemu   the same QEMU command line run by hand; a destination QEMU with -incoming, then QMP
 #          'migrate' on the source with only the bandwidth cap lifted (QEMU's default is 32 MiB/s);
 #          total = from launching the destination to its 'running'
