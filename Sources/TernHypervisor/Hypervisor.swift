@@ -119,7 +119,6 @@ public struct VMConfiguration: Sendable, Equatable {
         name: String, memoryMiB: Int, vcpus: Int, kernel: String?, initrd: String?, cmdline: String?, disk: String?,
         cpu: GuestCPU, memoryBalloon: MemoryBalloon? = MemoryBalloon()
     ) {
-        self.memoryBalloon = memoryBalloon
         self.name = name
         self.memoryMiB = memoryMiB
         self.vcpus = vcpus
@@ -128,6 +127,7 @@ public struct VMConfiguration: Sendable, Equatable {
         self.cmdline = cmdline
         self.disk = disk
         self.cpu = cpu
+        self.memoryBalloon = memoryBalloon
     }
 }
 
