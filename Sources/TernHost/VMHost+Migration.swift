@@ -15,7 +15,7 @@ extension VMHost {
     static let incomingReplacing = "being received, replacing a shut-off definition"
 
     /// The version written into save files.
-    public static let ternVersion = "0.4.0"
+    public static let ternVersion = "0.5.0"
 
     // MARK: - The gate
 
