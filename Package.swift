@@ -76,7 +76,7 @@ let package = Package(
             dependencies: [
                 "TernHypervisor",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             exclude: ["README.md"]
         ),
@@ -102,6 +102,7 @@ let package = Package(
             linkerSettings: releaseLink
         ),
         .testTarget(name: "TernHostTests", dependencies: ["TernHost", "TernCPU", "TernHypervisor"]),
+        .testTarget(name: "TernAPITests", dependencies: ["TernAPI"]),
         .testTarget(name: "TernSaveFileTests", dependencies: ["TernSaveFile", "CTernHost"]),
         .testTarget(
             name: "TernQEMUTests",
@@ -115,6 +116,6 @@ let package = Package(
         // Runs the built `tern` as a user would.
         .testTarget(name: "TernCLITests", dependencies: ["tern", "TernTestSupport"]),
         // Boots real guests through `tern` and checks from inside them.
-        .testTarget(name: "TernIntegrationTests", dependencies: ["tern", "TernCPU", "TernTestSupport", "CTernHost"]),
+        .testTarget(name: "TernIntegrationTests", dependencies: ["tern", "TernCPU", "TernAPI", "TernTestSupport", "CTernHost"]),
     ]
 )

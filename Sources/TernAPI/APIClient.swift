@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -33,10 +34,15 @@ public struct APIClient: Sendable {
     }
 
     public let endpoint: Endpoint
-    /// Seconds to wait for a reply.
-    public var timeout: Int64 = 300
+    /// How long to wait for the reply once connected; nil: as long as it takes (a `migrate` asked
+    /// of one's own daemon lasts as long as the move). Past it the request fails with code
+    /// `timeout`, and whether the daemon acted on it is not known.
+    public var timeout: Duration?
 
-    public init(endpoint: Endpoint) { self.endpoint = endpoint }
+    public init(endpoint: Endpoint, timeout: Duration? = nil) {
+        self.endpoint = endpoint
+        self.timeout = timeout
+    }
 
     public func get<T: Decodable>(_ path: String, as type: T.Type = T.self) async throws -> T {
         try await call(.GET, path, body: Optional<DefineRequest>.none)
@@ -89,7 +95,28 @@ public struct APIClient: Sendable {
         } catch {
             throw APIError(code: "unreachable", error: "cannot reach ternd at \(endpoint): \(error) (is it running?)")
         }
-        return try await channel.executeThenClose { inbound, outbound in
+        // Past the time limit the connection is closed, which ends the exchange below.
+        let timedOut = NIOLockedValueBox(false)
+        let timer = timeout.map { limit in
+            channel.channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit / .nanoseconds(1)))) { [channel] in
+                timedOut.withLockedValue { $0 = true }
+                channel.channel.close(promise: nil)
+            }
+        }
+        defer { timer?.cancel() }
+        do {
+            return try await exchange(on: channel, method: method, uri: uri, body: body)
+        } catch {
+            guard timedOut.withLockedValue({ $0 }), let timeout else { throw error }
+            throw APIError(
+                code: "timeout", error: "ternd at \(endpoint) did not answer within \(timeout.components.seconds) s")
+        }
+    }
+
+    private func exchange(
+        on channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>, method: HTTPMethod, uri: String, body: Data?
+    ) async throws -> (Int, Data) {
+        try await channel.executeThenClose { inbound, outbound in
             var head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
             head.headers.add(name: "Host", value: "ternd")
             head.headers.add(name: "Connection", value: "close")

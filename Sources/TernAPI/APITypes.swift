@@ -337,4 +337,9 @@ public struct APIError: Codable, Sendable, Error, CustomStringConvertible {
     }
 
     public var description: String { error }
+
+    /// Whether this is the daemon's own answer (it got the request and said no), rather than the
+    /// client's word that no answer came: unreachable (the request never arrived), or the
+    /// connection closed, timed out or carried an unreadable reply (it may have been acted on).
+    public var isAnswer: Bool { !["bad-endpoint", "unreachable", "closed", "timeout", "too-large", "bad-reply"].contains(code) }
 }

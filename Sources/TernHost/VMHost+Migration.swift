@@ -151,9 +151,17 @@ extension VMHost {
     /// source), then keeps the VM. The receiving VM never runs before this: if the source or the
     /// link vanishes, there is never a second running copy.
     public func finishIncoming(_ name: String) async throws -> IncomingMigrationFinish {
-        guard incoming[name] != nil, let vm = instances[name] else {
+        if let underway = finishing[name] { return try await underway.value }
+        guard incoming[name] != nil, discarding[name] == nil, let vm = instances[name] else {
             throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "finish receiving")
         }
+        let finish = Task { try await self.completeIncoming(name, vm) }
+        finishing[name] = finish
+        defer { finishing[name] = nil }
+        return try await finish.value
+    }
+
+    private func completeIncoming(_ name: String, _ vm: any VirtualMachineInstance) async throws -> IncomingMigrationFinish {
         do {
             let resumes = resumeOnArrival[name] == true
             // Asked while the state is still arriving, the hypervisor resumes the guest the moment
@@ -168,6 +176,10 @@ extension VMHost {
             let state = try await vm.runState()
             guard state == .running || state == .paused else {
                 throw HypervisorError.commandFailed(command: "query-status", message: "the received guest is \(state.rawValue)")
+            }
+            // Discarded meanwhile (its time limit, or its process ended): it cannot be kept.
+            guard incoming[name] != nil, discarding[name] == nil, instances[name]?.pid == vm.pid else {
+                throw HostError.invalidState(name: name, state: "discarded", action: "finish receiving")
             }
             let record = try commitIncoming(name, state: state.rawValue)
             // The RESUME event may trail the reply to `cont` by a moment.
@@ -184,9 +196,16 @@ extension VMHost {
         }
     }
 
-    /// Destination: gives up an incoming VM (the source keeps it).
+    /// Destination: gives up an incoming VM (the source keeps it), and says what is here now: a
+    /// VM in state `undefined` when it was discarded; the VM itself, running or paused, when it
+    /// had already arrived (told to run, it may have run: then it stays, and the source must
+    /// forget its copy). A confirmation underway is waited for first, so the answer is final.
     public func abortIncoming(_ name: String) async throws -> VMInfo {
+        if let underway = finishing[name] { _ = try? await underway.value }
         guard incoming[name] != nil || discarding[name] != nil else {
+            if instances[name] != nil, let record = try store.find(name), record.state == "running" || record.state == "paused" {
+                return info(record)
+            }
             throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "abort receiving")
         }
         await discardIncoming(name)
@@ -240,7 +259,7 @@ extension VMHost {
     }
 
     private func discardIncomingIfStill(_ name: String, pid: Int32) async {
-        if incoming[name] != nil, instances[name]?.pid == pid { await discardIncoming(name) }
+        if incoming[name] != nil, finishing[name] == nil, instances[name]?.pid == pid { await discardIncoming(name) }
     }
 
     /// Waits (bounded) until an incoming VM reports its state received.
@@ -315,10 +334,14 @@ extension VMHost {
         let begin = ContinuousClock.now
         let (record, vm) = try running(name, action: "migrate")
         let transfer = try transfer(record)
-        let destination = APIClient(endpoint: try APIClient.Endpoint(request.destination))
+        let endpoint = try APIClient.Endpoint(request.destination)
         if let directory = request.quickDirectory {
-            return try await quickMigrate(name, to: destination, request: request, through: directory, begin: begin)
+            // A restore takes as long as its file does to read.
+            return try await quickMigrate(name, to: APIClient(endpoint: endpoint), request: request, through: directory, begin: begin)
         }
+        // Each of the destination's steps is bounded (its wait for the state: 120 s); past this, a
+        // silent destination (a host gone, a link half-open) counts as not answering.
+        let destination = APIClient(endpoint: endpoint, timeout: .seconds(180))
         moving.insert(name)
         defer { moving.remove(name) }
         do {
@@ -364,6 +387,68 @@ extension VMHost {
         _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
     }
 
+    /// Where a VM is after a move failed once the destination had been told to run it on arrival.
+    enum Whereabouts {
+        /// Not running there (never arrived, or discarded): it may run here again.
+        case here
+        /// It arrived there and is this host's no longer.
+        case there(VMInfo)
+        /// The destination could not say: it may run there.
+        case unknown(String)
+    }
+
+    /// Asks the destination to discard its copy, and learns from the answer where the VM is.
+    /// `finishFailure` is how the word to resume failed, if it has (nil: no answer yet).
+    private func whereIs(_ name: String, at destination: APIClient, finishFailure: (any Error)?) async -> Whereabouts {
+        let finishAnswer = finishFailure as? APIError
+        do {
+            let found = try await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            return found.state == "running" || found.state == "paused" ? .there(found) : .here
+        } catch let error as APIError where error.isAnswer {
+            return .here  // nothing of it there
+        } catch {
+            // The destination does not answer: its copy runs only if the word to resume reached it,
+            // and it did not if it was refused or never got through.
+            if finishAnswer?.isAnswer == true || finishAnswer?.code == "unreachable" { return .here }
+            return .unknown("\(error)")
+        }
+    }
+
+    /// Acts on where the VM turned out to be after a failed move: runs it here again, forgets it
+    /// (it runs there; the move is reported with a note), or keeps it paused here when that is not
+    /// known, so that there are never two running copies.
+    private func conclude(
+        _ whereabouts: Whereabouts, _ name: String, _ vm: any VirtualMachineInstance, _ transfer: VMTransfer,
+        _ request: MigrateRequest, begin: ContinuousClock.Instant, phase: String, reason: String
+    ) async throws -> MigrationReport {
+        switch whereabouts {
+        case .here:
+            let state = await keepHere(name, vm, running: transfer.running)
+            throw HostError.migrationFailed(name: name, phase: phase, reason: reason, vmState: state)
+        case .there(let arrived):
+            let progress = try? await vm.migrationProgress()
+            forget(name, vm)
+            migrations[name] = progress
+            var report = MigrationReport(
+                vm: arrived, destination: request.destination, kind: request.parameters.live ? "live" : "non-live",
+                totalMs: milliseconds(ContinuousClock.now - begin), prepareMs: 0, transferMs: 0, confirmMs: 0, downtimeMs: 0,
+                bytes: progress?.transferredBytes ?? 0, rounds: progress?.rounds ?? 0, throughputMiBps: 0)
+            report.note = "\(phase) failed (\(reason)), but \(request.destination) has the VM \(arrived.state): it is there now"
+            return report
+        case .unknown(let why):
+            try? await vm.pause()
+            let advice = "check there; only if it does not run it, 'tern resume \(name)' here"
+            if var record = try? store.find(name), instances[name] != nil {
+                record.state = "paused"
+                record.reason = "moving to \(request.destination) failed; whether it runs there is not known: \(advice)"
+                try? store.save(record)
+            }
+            throw HostError.migrationFailed(
+                name: name, phase: phase, reason: reason,
+                vmState: "paused, because whether \(request.destination) runs it could not be learned (\(why)): \(advice)")
+        }
+    }
+
     /// One attempt at moving the VM over a migration stream.
     private func stream(
         _ name: String, _ vm: any VirtualMachineInstance, _ transfer: VMTransfer, to destination: APIClient,
@@ -385,6 +470,8 @@ extension VMHost {
                 "/migrations/incoming",
                 body: IncomingMigrationRequest(vm: transfer, parameters: request.parameters, timeoutSeconds: request.timeoutSeconds))
         } catch {
+            // Without its answer, the destination may have started a receiving VM all the same.
+            if (error as? APIError)?.isAnswer != true { await abandonIncoming(name, at: destination) }
             migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
             throw HostError.migrationFailed(name: name, phase: "preparation on \(request.destination)", reason: "\(error)", vmState: vmState)
         }
@@ -423,14 +510,22 @@ extension VMHost {
             try await discardInexactCopy(name, vm, at: destination, inexact)
         } catch {
             // If the destination has the guest running after all, that is where it is now.
-            var arrived: IncomingMigrationFinish?
-            if let task = confirmation { arrived = await Self.value(of: task, within: .seconds(10)) }
-            if arrived == nil {
+            var finished: Result<IncomingMigrationFinish, any Error>?
+            if let task = confirmation { finished = await Self.result(of: task, within: .seconds(10)) }
+            if case .success = finished {
+            } else {
                 await cancelIfUnfinished(vm)
-                await abandonIncoming(name, at: destination)
                 migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
-                let state = await keepHere(name, vm, running: transfer.running)
-                throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: state)
+                guard confirmation != nil else {
+                    // Never told to run the guest, the destination cannot have: it stays here.
+                    await abandonIncoming(name, at: destination)
+                    let state = await keepHere(name, vm, running: transfer.running)
+                    throw HostError.migrationFailed(name: name, phase: "the transfer", reason: "\(error)", vmState: state)
+                }
+                let failure: (any Error)? = if case .failure(let finishError) = finished { finishError } else { nil }
+                return try await conclude(
+                    await whereIs(name, at: destination, finishFailure: failure), name, vm, transfer, request, begin: begin,
+                    phase: "the transfer", reason: "\(error)")
             }
         }
         // Should the hypervisor have sent more passes than it tracks exactly after all, the
@@ -449,11 +544,10 @@ extension VMHost {
         do {
             remote = try await confirmation!.value
         } catch {
-            await abandonIncoming(name, at: destination)
             migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
-            let state = await keepHere(name, vm, running: transfer.running)
-            throw HostError.migrationFailed(
-                name: name, phase: "confirmation by \(request.destination)", reason: "\(error)", vmState: state)
+            return try await conclude(
+                await whereIs(name, at: destination, finishFailure: error), name, vm, transfer, request, begin: begin,
+                phase: "confirmation by \(request.destination)", reason: "\(error)")
         }
         var last = MigrationProgress(status: .completed)
         if let final { last = final } else if let progress = try? await vm.migrationProgress() { last = progress }
@@ -482,22 +576,38 @@ extension VMHost {
     }
 
     /// Quick migration: save to a file in `directory` (which the destination must see too), restore
-    /// there, then forget the VM here. If the restore is refused or fails, the VM is restored here.
+    /// there, then forget the VM here. If the restore is refused or fails, the VM is restored here;
+    /// the file is removed only once the VM runs from it somewhere.
     private func quickMigrate(
         _ name: String, to destination: APIClient, request: MigrateRequest, through directory: String, begin: ContinuousClock.Instant
     ) async throws -> MigrationReport {
         let path = URL(fileURLWithPath: directory).appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8)).ternsave").path
         let saved = try await save(name, to: path)
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        // Shut off here until it runs there: nothing starts it meanwhile.
+        moving.insert(name)
+        defer { moving.remove(name) }
         let restored: RestoreReport
         do {
             restored = try await destination.post("/restore", body: RestoreRequest(path: path))
         } catch {
-            // Back where it was: restore it here from the same file.
-            let back = try? await restore(RestoreRequest(path: path, name: name))
-            throw HostError.migrationFailed(
-                name: name, phase: "restore on \(request.destination)", reason: "\(error)", vmState: back?.vm.state ?? "saved in \(path)")
+            let failed = { (state: String) in
+                HostError.migrationFailed(name: name, phase: "restore on \(request.destination)", reason: "\(error)", vmState: state)
+            }
+            // Without an answer, the destination may have restored it all the same: the file stays
+            // and nothing is restored here.
+            guard let answer = error as? APIError, answer.isAnswer || answer.code == "unreachable" else {
+                throw failed("saved in \(path); whether \(request.destination) restored it is not known: check there, "
+                    + "and only if it did not, 'tern restore \(path)' here")
+            }
+            // Refused or failed there: back where it was, from the same file (kept if that fails too).
+            let back: RestoreReport
+            do { back = try await restore(RestoreRequest(path: path, name: name)) } catch let here {
+                throw failed("saved in \(path) (restoring it here failed too: \(here))")
+            }
+            try? FileManager.default.removeItem(atPath: path)
+            throw failed(back.vm.state)
         }
+        try? FileManager.default.removeItem(atPath: path)
         if try find(name).state == "shutoff" { forgetDefinition(name) }
         let totalMs = milliseconds(ContinuousClock.now - begin)
         return MigrationReport(
@@ -577,6 +687,8 @@ extension VMHost {
             try await vm.resume()
             return "running"
         } catch {
+            // Its hypervisor ended meanwhile: it is recorded as it ended.
+            guard instances[name] != nil else { return (try? store.find(name))?.state ?? "gone" }
             if var record = try? store.find(name) {
                 record.state = "paused"
                 record.reason = "could not be resumed after a failed migration: \(error)"
@@ -631,12 +743,12 @@ extension VMHost {
         }
     }
 
-    /// A task's value if it succeeds within `limit`; nil if it fails or takes longer.
-    static func value<T: Sendable>(of task: Task<T, any Error>, within limit: Duration) async -> T? {
-        let waiter = FirstResume<T?>()
+    /// A task's result if it ends within `limit`; nil if it takes longer.
+    static func result<T: Sendable>(of task: Task<T, any Error>, within limit: Duration) async -> Result<T, any Error>? {
+        let waiter = FirstResume<Result<T, any Error>?>()
         return await withCheckedContinuation { continuation in
             waiter.set(continuation)
-            Task { waiter.resume(returning: try? await task.value) }
+            Task { waiter.resume(returning: await task.result) }
             Task {
                 try? await Task.sleep(for: limit)
                 waiter.resume(returning: nil)

@@ -31,6 +31,9 @@ public actor VMHost {
     /// VMs that moved to another host, whose hypervisor here is still ending: done once it has
     /// and its files are gone. A VM of the same name started or received here waits for this.
     var departing: [String: Task<Void, Never>] = [:]
+    /// Incoming VMs whose source has said "resume once the state is in", until that is settled
+    /// (an abort waits for it).
+    var finishing: [String: Task<IncomingMigrationFinish, any Error>] = [:]
     /// Where incoming migration streams are received (TCP).
     public private(set) var migrationHost = "127.0.0.1"
 
@@ -134,6 +137,9 @@ public actor VMHost {
         var record = try find(name)
         guard record.state == "shutoff" || record.state == "crashed" else {
             throw HostError.invalidState(name: name, state: record.state, action: "start")
+        }
+        if moving.contains(name) {
+            throw HostError.invalidState(name: name, state: "\(record.state) and being moved (quick migration)", action: "start")
         }
         let definition = try VMDefinition(xml: record.definition)
         guard let offer = capabilities.guestOffer else { throw HostError.database("no guest offer") }

@@ -1,4 +1,5 @@
 import Foundation
+import TernAPI
 import TernTestSupport
 import Testing
 
@@ -69,6 +70,21 @@ import Glibc
         try source.tern(arguments: ["migrate", name, "--to", destination.socket] + options)
     }
 
+    /// What the destination's API answers a source that gives up an incoming VM (nil: an error).
+    func abortIncoming(_ name: String, on daemon: TestDaemon) throws -> VMInfo? {
+        let answer = Answer()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            answer.info = try? await APIClient(endpoint: .unixSocket(daemon.socket), timeout: .seconds(60))
+                .delete("/migrations/incoming/\(name)", as: VMInfo.self)
+            done.signal()
+        }
+        done.wait()
+        return answer.info
+    }
+
+    final class Answer: @unchecked Sendable { var info: VMInfo? }
+
     func state(_ name: String, on daemon: TestDaemon) throws -> String? {
         let info = try daemon.tern("dominfo", name)
         guard info.status == 0 else { return nil }
@@ -109,6 +125,11 @@ import Glibc
             #expect(try state("mover", on: b) == "running")
             #expect(try state("mover", on: a) == nil, "the source still has the VM")
             try expectContinuity("mover", from: a, to: b)
+            // A source that lost the confirmation asks the destination to discard its copy: one that
+            // has arrived stays, and the answer says so.
+            let kept = try abortIncoming("mover", on: b)
+            #expect(kept?.state == "running", "\(String(describing: kept))")
+            #expect(try state("mover", on: b) == "running")
             // And back, uncapped, with one connection (A's old log is replaced when the VM arrives;
             // B's stays, with what the guest printed there until it left).
             let firstLeg = a.consoleLog("mover")
