@@ -264,7 +264,7 @@ extension VMHost {
 
     /// Waits (bounded) until an incoming VM reports its state received.
     private func waitUntilReceived(_ name: String, _ vm: any VirtualMachineInstance) async throws {
-        let deadline = ContinuousClock.now + .seconds(120)
+        var deadline = ContinuousClock.now + .seconds(120)
         while true {
             let progress = try await vm.migrationProgress()
             switch progress.status {
@@ -272,6 +272,10 @@ extension VMHost {
             case .failed, .cancelled:
                 throw HypervisorError.commandFailed(
                     command: "migrate-incoming", message: progress.error ?? "receiving the state \(progress.status.rawValue)")
+            case .postcopy:
+                // The guest runs here and pulls the rest: discarding it would lose the VM.
+                deadline = ContinuousClock.now + .seconds(120)
+                await vm.waitForMigrationChange(upTo: .milliseconds(50))
             default:
                 if ContinuousClock.now > deadline { throw HypervisorError.timeout("the incoming state of '\(name)'") }
                 // The receiving QEMU loads the state on the thread that answers queries: ask
@@ -387,6 +391,25 @@ extension VMHost {
         _ = try? await destination.delete("/migrations/incoming/\(name)", as: VMInfo.self)
     }
 
+    /// A post-copy move that failed after the switch: the guest has run on the destination, with
+    /// part of its memory still here, so this copy is out of date and is never resumed. It stays
+    /// paused here (the hypervisor can still send what the destination lacks), and the user is
+    /// told plainly.
+    private func interruptedPostcopy(
+        _ name: String, _ vm: any VirtualMachineInstance, _ request: MigrateRequest, _ error: any Error
+    ) async throws -> Never {
+        migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
+        try? await vm.pause()
+        let state = "paused, and out of date: after the switch to post-copy the guest ran on \(request.destination), "
+            + "part of its memory still here; it is never resumed here"
+        if var record = try? store.find(name), instances[name] != nil {
+            record.state = "paused"
+            record.reason = "post-copy to \(request.destination) interrupted; this copy is out of date"
+            try? store.save(record)
+        }
+        throw HostError.migrationFailed(name: name, phase: "post-copy", reason: "\(error)", vmState: state)
+    }
+
     /// Where a VM is after a move failed once the destination had been told to run it on arrival.
     enum Whereabouts {
         /// Not running there (never arrived, or discarded): it may run here again.
@@ -462,6 +485,8 @@ extension VMHost {
 
         // 1. The destination runs the compatibility check and prepares; nothing moves before.
         // Meanwhile this side applies the migration's settings (`stream` applies them otherwise).
+        postcopyStarted.remove(name)
+        defer { postcopyStarted.remove(name) }
         let settingUp = Task { try await vm.prepareMigration(request.parameters) }
         defer { settingUp.cancel() }
         let reply: IncomingMigrationReply
@@ -509,6 +534,7 @@ extension VMHost {
             await cancelIfUnfinished(vm)
             try await discardInexactCopy(name, vm, at: destination, inexact)
         } catch {
+            if postcopyStarted.contains(name) { try await interruptedPostcopy(name, vm, request, error) }
             // If the destination has the guest running after all, that is where it is now.
             var finished: Result<IncomingMigrationFinish, any Error>?
             if let task = confirmation { finished = await Self.result(of: task, within: .seconds(10)) }
@@ -654,8 +680,11 @@ extension VMHost {
             } else if now - lastChange > stallLimit {
                 throw HypervisorError.timeout("the migration stream (no progress for 30 s)")
             }
-            // Once the guest is stopped for the last pass, the end is moments away: no timeout then.
-            if let timeoutSeconds, progress.status != .completing, now - begin > .seconds(timeoutSeconds) {
+            // Once the guest is stopped for the last pass, the end is moments away; once it runs on
+            // the destination (post-copy), giving up would not bring it back: no timeout then.
+            if let timeoutSeconds, progress.status != .completing, progress.status != .postcopy, !switchedToPostcopy,
+                now - begin > .seconds(timeoutSeconds)
+            {
                 throw HypervisorError.timeout("the migration to finish (--timeout \(timeoutSeconds) s)")
             }
             // That many passes with the guest still running: the last one cannot be among them.
@@ -667,6 +696,7 @@ extension VMHost {
                 throw InexactCopy(passes: progress.rounds + 1, exactPasses: giveUpAtPasses)
             }
             if postcopy, !switchedToPostcopy, progress.status == .active, progress.rounds >= postcopyAfterPasses {
+                postcopyStarted.insert(name)
                 try await vm.switchToPostcopy()
                 switchedToPostcopy = true
             }

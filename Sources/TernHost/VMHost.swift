@@ -34,6 +34,9 @@ public actor VMHost {
     /// Incoming VMs whose source has said "resume once the state is in", until that is settled
     /// (an abort waits for it).
     var finishing: [String: Task<IncomingMigrationFinish, any Error>] = [:]
+    /// Outgoing migrations told to switch to post-copy: from then on the guest may run on the
+    /// destination, and the copy here is never resumed.
+    var postcopyStarted: Set<String> = []
     /// Where incoming migration streams are received (TCP).
     public private(set) var migrationHost = "127.0.0.1"
 
