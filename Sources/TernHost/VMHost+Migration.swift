@@ -64,6 +64,7 @@ extension VMHost {
         var (record, vm) = try running(name, action: "save")
         let transfer = try transfer(record)
         moving.insert(name)
+        abortRequested.remove(name)
         defer { moving.remove(name) }
         let writer = try SaveFileWriter(path: path, metadata: try JSONEncoder().encode(transfer))
         let socket = files(name).directory.appendingPathComponent("save.sock").path
@@ -347,6 +348,7 @@ extension VMHost {
         // silent destination (a host gone, a link half-open) counts as not answering.
         let destination = APIClient(endpoint: endpoint, timeout: .seconds(180))
         moving.insert(name)
+        abortRequested.remove(name)
         defer { moving.remove(name) }
         do {
             return try await stream(name, vm, transfer, to: destination, request, begin: begin)
@@ -514,6 +516,7 @@ extension VMHost {
         var setupPause = Duration.zero
         do {
             _ = try? await settingUp.value
+            if abortRequested.contains(name) { throw Self.aborted }
             setupPause = try await vm.migrate(to: reply.address, parameters: request.parameters)
             final = try await follow(
                 name, vm, timeoutSeconds: request.timeoutSeconds.map { max(1, $0 - seconds(clock.now - begin)) },
@@ -643,6 +646,29 @@ extension VMHost {
             throughputMiBps: Double(saved.bytes) / 1_048_576 / (Double(max(totalMs, 1)) / 1000))
     }
 
+    /// What a move aborted by the user (``abortJob(_:)``) fails with.
+    static let aborted = HypervisorError.commandFailed(command: "migrate", message: "aborted on request ('tern domjobabort')")
+
+    /// Aborts a VM's outgoing save or live migration (libvirt's `domjobabort`): the stream is
+    /// cancelled, and the move fails as any failed move does, so the VM stays here as it was. Not
+    /// once a migration has switched to post-copy (the guest runs on the destination then).
+    public func abortJob(_ name: String) async throws -> MigrationProgress {
+        let record = try find(name)
+        guard moving.contains(name), let vm = instances[name] else {
+            throw HostError.invalidState(name: name, state: "\(record.state), with no save or migration stream underway", action: "abort the job of")
+        }
+        if postcopyStarted.contains(name) {
+            throw HostError.invalidState(
+                name: name, state: "moving in post-copy (its guest runs on the destination)", action: "abort the job of")
+        }
+        abortRequested.insert(name)
+        // At once if the stream is flowing; otherwise the move stops before it starts one.
+        if let progress = try? await vm.migrationProgress(), !progress.isFinished, progress.status != .none {
+            try? await vm.cancelMigration()
+        }
+        return migrations[name] ?? MigrationProgress(status: .setup)
+    }
+
     /// The current or last migration of a VM.
     public func migrationProgress(_ name: String) throws -> MigrationProgress {
         _ = try find(name)
@@ -668,7 +694,9 @@ extension VMHost {
             switch progress.status {
             case .completed: return progress
             case .failed: throw HypervisorError.commandFailed(command: "migrate", message: progress.error ?? "the stream failed")
-            case .cancelled: throw HypervisorError.commandFailed(command: "migrate", message: "cancelled")
+            case .cancelled:
+                if abortRequested.contains(name) { throw Self.aborted }
+                throw HypervisorError.commandFailed(command: "migrate", message: "cancelled")
             case .abandoned:
                 throw InexactCopy(passes: progress.rounds, exactPasses: hypervisor.exactLiveMigrationPasses ?? progress.rounds - 1)
             default: break
@@ -705,6 +733,7 @@ extension VMHost {
             // migration ends) wake this at once. The destination resumes the guest only once this
             // has seen the last pass begin.
             try Task.checkCancellation()
+            if abortRequested.contains(name), progress.status != .completing { throw Self.aborted }
             await vm.waitForMigrationChange(upTo: progress.status == .completing ? .milliseconds(5) : .milliseconds(50))
         }
     }

@@ -37,6 +37,8 @@ public actor VMHost {
     /// Outgoing migrations told to switch to post-copy: from then on the guest may run on the
     /// destination, and the copy here is never resumed.
     var postcopyStarted: Set<String> = []
+    /// Outgoing saves and migrations the user asked to abort (`tern domjobabort`).
+    var abortRequested: Set<String> = []
     /// Where incoming migration streams are received (TCP).
     public private(set) var migrationHost = "127.0.0.1"
 

@@ -10,6 +10,25 @@ func absolutePath(_ path: String) -> String {
 
 func mebibytes(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
 
+/// While `body` runs, Ctrl-C asks the daemon to abort the VM's save or migration (as `virsh`
+/// does) instead of ending this command: the daemon then reports how the move ended.
+func abortingOnInterrupt<T: Sendable>(
+    _ name: String, _ client: APIClient, _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    signal(SIGINT, SIG_IGN)
+    let interrupt = DispatchSource.makeSignalSource(signal: SIGINT)
+    interrupt.setEventHandler {
+        FileHandle.standardError.write(Data("tern: aborting the job of '\(name)' (the VM stays on this host)\n".utf8))
+        Task { _ = try? await client.post(path(name, "migration/abort"), as: MigrationProgress.self) }
+    }
+    interrupt.resume()
+    defer {
+        interrupt.cancel()
+        signal(SIGINT, SIG_DFL)
+    }
+    return try await body()
+}
+
 struct Save: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "save",
@@ -20,7 +39,11 @@ struct Save: AsyncParsableCommand {
     @OptionGroup var connection: ConnectOptions
 
     func run() async throws {
-        let report: SaveReport = try await connection.client().post(path(name, "save"), body: SaveRequest(path: absolutePath(file)))
+        let client = try connection.client()
+        let (name, file) = (name, file)
+        let report: SaveReport = try await abortingOnInterrupt(name, client) {
+            try await client.post(path(name, "save"), body: SaveRequest(path: absolutePath(file)))
+        }
         print("Domain '\(report.vm.name)' saved to \(report.path) (\(mebibytes(report.bytes)) in \(report.durationMs) ms)")
     }
 }
@@ -54,7 +77,8 @@ struct Migrate: AsyncParsableCommand {
         discussion: """
             The destination first runs the processor compatibility check (the features the VM has now \
             against what it can offer) and prepares; only then does the state move. Until the destination \
-            confirms the VM runs there, the VM stays here: if anything fails it keeps running on this host.
+            confirms the VM runs there, the VM stays here: if anything fails it keeps running on this host. \
+            Ctrl-C (or 'tern domjobabort') aborts the move, up to the switch to post-copy.
 
             Under TCG, QEMU's dirty-page tracking misses guest writes once a live migration makes more \
             than 3 passes over memory. Such a move is not committed: the guest runs on here and is moved \
@@ -100,7 +124,10 @@ struct Migrate: AsyncParsableCommand {
                 maxDowntimeMs: maxDowntime, bandwidthMiBps: bandwidth, connections: connections, autoConverge: autoConverge,
                 postcopy: postcopy, live: live),
             timeoutSeconds: timeout, quickDirectory: quick.map(absolutePath))
-        let migration = Task { () throws -> MigrationReport in try await client.post(path(name, "migrate"), body: request) }
+        let name = name
+        let migration = Task { () throws -> MigrationReport in
+            try await abortingOnInterrupt(name, client) { try await client.post(path(name, "migrate"), body: request) }
+        }
         if verbose {
             let progress = Task {
                 while !Task.isCancelled {
@@ -138,5 +165,45 @@ struct Migrate: AsyncParsableCommand {
         text += ", round \(p.rounds)"
         if p.status == .postcopy { text += " (post-copy)" }
         return text
+    }
+}
+
+struct DomJobInfo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "domjobinfo", abstract: "Show a VM's current or last save or migration (like 'virsh domjobinfo').")
+    @Argument(help: "The VM's name.") var name: String
+    @OptionGroup var connection: ConnectOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let job: MigrationProgress = try await connection.client().get(path(name, "migration"))
+        if json { return try printJSON(job) }
+        func row(_ key: String, _ value: String) { print((key + ":").padding(toLength: 20, withPad: " ", startingAt: 0) + value) }
+        row("Job status", job.status.rawValue)
+        guard job.status != .none else { return }
+        if let error = job.error { row("Error", error) }
+        row("Time elapsed", "\(job.elapsedMs) ms")
+        row("Memory processed", mebibytes(job.transferredBytes))
+        row("Memory remaining", mebibytes(job.remainingBytes))
+        row("Memory total", mebibytes(job.memoryBytes))
+        row("Rate", String(format: "%.1f MiB/s", job.rateBytesPerSecond / 1_048_576))
+        row("Dirty rate", String(format: "%.1f MiB/s", job.dirtyBytesPerSecond / 1_048_576))
+        row("Iteration", "\(job.rounds)")
+        if let expected = job.expectedDowntimeMs { row("Expected downtime", "\(expected) ms") }
+        if let downtime = job.downtimeMs { row("Total downtime", "\(downtime) ms") }
+    }
+}
+
+struct DomJobAbort: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "domjobabort",
+        abstract: "Abort a VM's save or live migration (like 'virsh domjobabort'); the VM stays here as it was.",
+        discussion: "Not once a migration has switched to post-copy: its guest runs on the destination then.")
+    @Argument(help: "The VM's name.") var name: String
+    @OptionGroup var connection: ConnectOptions
+
+    func run() async throws {
+        let _: MigrationProgress = try await connection.client().post(path(name, "migration/abort"))
+        print("Job of domain '\(name)' is being aborted; it stays on this host")
     }
 }

@@ -13,7 +13,7 @@ struct Tern: AsyncParsableCommand {
             Capabilities.self, DomCapabilities.self, CPUCompare.self, CPUBaseline.self, CPUModels.self,
             CPUFeatures.self, CPUIDCommand.self, MigrateCheck.self, Run.self, Define.self, Start.self, List.self,
             DomInfo.self, Console.self, Shutdown.self, Destroy.self, Suspend.self, Resume.self, Undefine.self, Save.self,
-            Restore.self, Migrate.self,
+            Restore.self, Migrate.self, DomJobInfo.self, DomJobAbort.self,
         ])
 }
 

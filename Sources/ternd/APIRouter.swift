@@ -56,6 +56,7 @@ enum APIRouter {
             return try await host.migrate(context.parameters.require("name"), body)
         }
         router.get("/vms/{name}/migration") { _, context in try await host.migrationProgress(context.parameters.require("name")) }
+        router.post("/vms/{name}/migration/abort") { _, context in try await host.abortJob(context.parameters.require("name")) }
         // … and as the destination.
         router.post("/migrations/incoming") { request, context -> IncomingMigrationReply in
             try await host.prepareIncoming(try await request.decode(as: IncomingMigrationRequest.self, context: context))

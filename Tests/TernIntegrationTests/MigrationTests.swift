@@ -451,7 +451,9 @@ import Glibc
         return (process, pipe, pid)
     }
 
-    func expectStillOnSource(_ name: String, _ a: TestDaemon, _ b: TestDaemon, _ process: Process, _ pipe: Pipe) throws {
+    /// Returns what `tern migrate` said.
+    @discardableResult
+    func expectStillOnSource(_ name: String, _ a: TestDaemon, _ b: TestDaemon, _ process: Process, _ pipe: Pipe) throws -> String {
         process.waitUntilExit()
         let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(process.terminationStatus != 0)
@@ -471,6 +473,7 @@ import Glibc
         // And it can still move once the trouble is gone.
         let again = try migrate(name, from: a, to: b)
         #expect(again.status == 0, "\(again.err)")
+        return err
     }
 
     @Test func killingTheDestinationDuringTheTransferLeavesTheVMOnItsSource() throws {
@@ -492,6 +495,31 @@ import Glibc
             let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
             #expect(cut.status == 0, "\(cut.err)")
             try expectStillOnSource("cut", a, b, process, pipe)
+        }
+    }
+
+    @Test func domjobabortStopsAMoveAndTheVMStaysOnItsSource() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("quitter", on: a)
+            let idle = try a.tern("domjobabort", "quitter")
+            #expect(idle.status != 0 && idle.err.contains("no save or migration stream underway"), "\(idle.err)")
+            let (process, pipe, _) = try startSlowMigration("quitter", from: a, to: b)
+            let job = try a.tern("domjobinfo", "quitter")
+            #expect(job.out.contains("Job status:") && job.out.contains("active"), "\(job.out)")
+            let abort = try a.tern("domjobabort", "quitter")
+            #expect(abort.status == 0, "\(abort.err)")
+            let said = try expectStillOnSource("quitter", a, b, process, pipe)
+            #expect(said.contains("aborted on request"), "\(said)")
+        }
+    }
+
+    @Test func ctrlCOnMigrateAbortsTheMove() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("interrupted", on: a)
+            let (process, pipe, _) = try startSlowMigration("interrupted", from: a, to: b)
+            kill(process.processIdentifier, SIGINT)
+            let said = try expectStillOnSource("interrupted", a, b, process, pipe)
+            #expect(said.contains("aborting the job of 'interrupted'") && said.contains("aborted on request"), "\(said)")
         }
     }
 
