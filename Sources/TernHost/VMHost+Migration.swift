@@ -346,7 +346,7 @@ extension VMHost {
         }
         // Each of the destination's steps is bounded (its wait for the state: 120 s); past this, a
         // silent destination (a host gone, a link half-open) counts as not answering.
-        let destination = APIClient(endpoint: endpoint, timeout: .seconds(180))
+        let destination = APIClient(endpoint: endpoint, timeout: peerTimeout)
         moving.insert(name)
         abortRequested.remove(name)
         defer { moving.remove(name) }

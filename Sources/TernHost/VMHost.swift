@@ -45,6 +45,13 @@ public actor VMHost {
     /// Sets the address incoming migration streams are received on.
     public func setMigrationHost(_ host: String) { migrationHost = host }
 
+    /// How long another daemon has to answer each step of a migration from here; past it, whether
+    /// it acted is not known (a VM it may run stays paused here). Its own steps are bounded at 120 s.
+    public private(set) var peerTimeout: Duration = .seconds(180)
+
+    /// Sets ``peerTimeout``.
+    public func setPeerTimeout(_ limit: Duration) { peerTimeout = limit }
+
     /// Opens (or creates) the host's state under `stateDirectory`.
     public init(hypervisor: any Hypervisor, capabilities: HostCapabilities, stateDirectory: URL) throws {
         self.hypervisor = hypervisor

@@ -30,7 +30,7 @@ public final class TestDaemon: @unchecked Sendable {
         process.currentDirectoryURL = packageRoot
         let log = stateDirectory.appendingPathComponent("ternd.log")
         try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         handle.seekToEndOfFile()
         process.standardOutput = handle
@@ -46,6 +46,9 @@ public final class TestDaemon: @unchecked Sendable {
         throw DaemonError(message: "ternd did not answer within 60 s: \(self.log)")
     }
 
+    /// The daemon's process (to stop and continue it).
+    public var pid: Int32? { process?.processIdentifier }
+
     /// Ends the daemon abruptly (SIGKILL): its VMs keep running.
     public func kill() {
         guard let process, process.isRunning else { return }
@@ -56,6 +59,7 @@ public final class TestDaemon: @unchecked Sendable {
     /// Ends the daemon and every QEMU it started, and removes its state.
     public func tearDown() {
         if let process, process.isRunning {
+            Glibc.kill(process.processIdentifier, SIGCONT)  // a stopped one would never see SIGTERM
             process.terminate()
             process.waitUntilExit()
         }

@@ -42,6 +42,16 @@ struct Ternd: AsyncParsableCommand {
     var migrationAddress: String?
     @Option(help: ArgumentHelp("Use a libvirt cpu_map directory instead of Tern's own CPU models.", valueName: "dir"))
     var cpuMap: String?
+    @Option(
+        name: .customLong("peer-timeout"),
+        help: ArgumentHelp(
+            "How long another ternd has to answer each step of a migration from here (default: 180). Past it, "
+                + "whether it acted is not known: a VM it may already run stays paused here.", valueName: "s"))
+    var peerTimeout: Int = 180
+
+    func validate() throws {
+        if peerTimeout < 1 { throw ValidationError("--peer-timeout must be at least 1 second") }
+    }
 
     func run() async throws {
         var logger = Logger(label: "ternd")
@@ -64,6 +74,7 @@ struct Ternd: AsyncParsableCommand {
             migrationAddress ?? listen.flatMap { $0.split(separator: ":").first.map(String.init) }.flatMap {
                 $0 == "0.0.0.0" || $0 == "::" ? nil : $0
             } ?? "127.0.0.1")
+        await host.setPeerTimeout(.seconds(peerTimeout))
         await host.recover()
 
         let socketPath = socket ?? stateDirectory.appendingPathComponent("ternd.sock").path

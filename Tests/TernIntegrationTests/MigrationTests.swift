@@ -523,6 +523,40 @@ import Glibc
         }
     }
 
+    /// The destination's daemon stops answering (stopped, as a host that hangs or a link left
+    /// half-open) after it was told to resume the guest: whether it runs the VM cannot be learned,
+    /// so the source keeps its copy paused and says so. Once the destination answers again, it is
+    /// the one copy that runs.
+    @Test func aDestinationThatStopsAnsweringNeverLeavesTwoRunningCopies() throws {
+        let a = try TestDaemon(extraArguments: ["--peer-timeout", "3"])
+        defer { a.tearDown() }
+        let b = try TestDaemon()
+        defer { b.tearDown() }
+        try boot("stranded", on: a)
+        // Non-live: the whole state is sent whatever the guest does, and then the word to resume.
+        let (process, pipe, _) = try startSlowMigration("stranded", from: a, to: b, ["--no-live"])
+        let daemon = try #require(b.pid)
+        kill(daemon, SIGSTOP)  // the daemon, not its QEMU, which receives the rest of the stream
+        process.waitUntilExit()
+        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus != 0)
+        #expect(err.contains("could not be learned") && err.contains("'tern resume stranded' here"), "\(err)")
+        #expect(try state("stranded", on: a) == "paused")
+        #expect(try a.tern("dominfo", "stranded").out.contains("whether it runs there is not known"))
+        let last = a.lastCounter("stranded")
+        kill(daemon, SIGCONT)
+        // The destination acts on what it was asked while stopped: the guest runs there, and only there.
+        var there: String?
+        for _ in 0..<100 where there != "running" {
+            Thread.sleep(forTimeInterval: 0.1)
+            there = try state("stranded", on: b)
+        }
+        #expect(there == "running", "the destination did not keep the VM: \(String(describing: there))")
+        #expect(b.waitForConsole("stranded", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the destination")
+        #expect(a.lastCounter("stranded") == last, "the paused source copy ran")
+        #expect(try state("stranded", on: a) == "paused")
+    }
+
     @Test func aVanishedDestinationDaemonNeverLeavesTwoRunningCopies() throws {
         try withTwoDaemons(nil, nil) { a, b in
             try boot("orphan", on: a)
