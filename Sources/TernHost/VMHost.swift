@@ -71,10 +71,20 @@ public actor VMHost {
     /// the others crashed with what their console said last.
     public func recover() async {
         for var record in (try? store.all()) ?? [] where record.state == "incoming" {
-            // Interrupted while being received: the source kept the VM; this copy is ended.
             if let pid = record.pid, let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
                 cmdline.contains(files(record.name).controlSocket.path)
             {
+                // Told to resume before the restart, and running: it arrived, and stays (the source,
+                // unable to learn that, keeps its copy paused).
+                if let vm = try? await attach(record, pid: pid), (try? await vm.runState()) == .running {
+                    instances[record.name] = vm
+                    record.state = "running"
+                    record.reason = "received; it was running when this daemon restarted"
+                    try? store.save(record)
+                    watch(record.name, vm)
+                    continue
+                }
+                // Interrupted while being received: the source kept the VM; this copy is ended.
                 kill(pid, SIGKILL)
             }
             if record.reason == Self.incomingNew {
@@ -89,13 +99,20 @@ public actor VMHost {
         }
         for record in (try? store.all()) ?? [] where record.state == "running" || record.state == "paused" {
             var record = record
+            guard instances[record.name] == nil else { continue }  // just received (above)
             do {
                 guard let pid = record.pid else { throw HypervisorError.notRunning(record.name) }
-                let definition = try VMDefinition(xml: record.definition)
-                let vm = try await hypervisor.attach(
-                    try configuration(definition, cpu: storedCPU(record)), files: files(record.name), pid: pid)
+                let vm = try await attach(record, pid: pid)
                 instances[record.name] = vm
-                record.state = (try? await vm.runState())?.rawValue ?? record.state
+                let state = (try? await vm.runState())?.rawValue ?? record.state
+                // Its whole state went out (a migration or save finished) while this daemon was
+                // down: the destination may run it now.
+                if state == "paused", record.state == "running", (try? await vm.migrationProgress())?.status == .completed {
+                    record.reason =
+                        "its state had been sent out (a migration or save finished) when this daemon restarted: if it "
+                        + "was moving, check whether it runs on the destination, and resume it here only if it does not"
+                }
+                record.state = state
                 try? store.save(record)
                 watch(record.name, vm)
             } catch {
@@ -107,6 +124,12 @@ public actor VMHost {
                 try? store.save(record)
             }
         }
+    }
+
+    /// Connects to the hypervisor process of a VM this daemon started before it restarted.
+    private func attach(_ record: VMRecord, pid: Int32) async throws -> any VirtualMachineInstance {
+        let definition = try VMDefinition(xml: record.definition)
+        return try await hypervisor.attach(try configuration(definition, cpu: storedCPU(record)), files: files(record.name), pid: pid)
     }
 
     // MARK: - Definitions

@@ -557,6 +557,95 @@ import Glibc
         #expect(try state("stranded", on: a) == "paused")
     }
 
+    /// The destination's daemon dies just after it let the received guest run, before it could
+    /// confirm: the source cannot learn where the VM runs and keeps it paused, and the restarted
+    /// destination keeps the running guest instead of ending it. One copy runs, and counts on.
+    @Test func aDestinationDaemonThatDiesAfterResumingKeepsTheVMItRuns() throws {
+        let a = try TestDaemon(extraArguments: ["--peer-timeout", "3"])
+        defer { a.tearDown() }
+        let b = try TestDaemon()
+        defer { b.tearDown() }
+        try boot("resumed", on: a)
+        let (process, pipe, _) = try startSlowMigration("resumed", from: a, to: b, ["--no-live"])
+        kill(try #require(b.pid), SIGSTOP)
+        process.waitUntilExit()
+        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(err.contains("could not be learned"), "\(err)")
+        #expect(try state("resumed", on: a) == "paused")
+        let last = a.lastCounter("resumed")
+        b.kill()
+        // What the daemon did just before it died: the state is in, and the guest runs.
+        let control = b.stateDirectory.appendingPathComponent("vms/resumed/control.sock").path
+        let replies = try Self.qmp(control, ["qmp_capabilities", "cont"])
+        #expect(replies.allSatisfy { $0.contains("\"return\"") }, "\(replies)")
+        try b.start()
+        #expect(try state("resumed", on: b) == "running")
+        #expect(try b.tern("dominfo", "resumed").out.contains("it was running when this daemon restarted"))
+        #expect(b.waitForConsole("resumed", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the destination")
+        #expect(a.lastCounter("resumed") == last, "the paused source copy ran")
+    }
+
+    /// The source's daemon dies during a move and its QEMU sends the rest on its own: restarted,
+    /// the daemon does not know whether the destination runs the VM, keeps it paused and says why;
+    /// the destination, never told to resume, never did.
+    @Test func aSourceDaemonRestartedAfterItsVMWentOutSaysSo() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("departed", on: a)
+            let (process, _, _) = try startSlowMigration("departed", from: a, to: b, ["--no-live"])
+            a.kill()
+            process.waitUntilExit()
+            let control = a.stateDirectory.appendingPathComponent("vms/departed/control.sock").path
+            var sent = false
+            for _ in 0..<240 where !sent {
+                Thread.sleep(forTimeInterval: 0.5)
+                sent = try Self.qmp(control, ["qmp_capabilities", "query-migrate"]).last?.contains("\"completed\"") == true
+            }
+            #expect(sent, "the source QEMU never finished sending")
+            try a.start()
+            #expect(try state("departed", on: a) == "paused")
+            #expect(try a.tern("dominfo", "departed").out.contains("its state had been sent out"))
+            #expect(!b.consoleLog("departed").contains("TERN-GUEST: counter"), "the destination ran it")
+            // Not running there, so the user resumes it here.
+            let last = a.lastCounter("departed")
+            #expect(try a.tern("resume", "departed").status == 0)
+            #expect(a.waitForConsole("departed", "TERN-GUEST: counter \(last + 3)"))
+        }
+    }
+
+    /// Sends QMP commands (no arguments) over a QEMU control socket; returns each reply line.
+    static func qmp(_ socketPath: String, _ commands: [String]) throws -> [String] {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { bytes in
+            for (i, byte) in socketPath.utf8.enumerated() { bytes[i] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { throw DaemonError(message: "cannot connect to \(socketPath)") }
+        let input = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
+        var pending = Data()
+        func line() -> String {
+            while !pending.contains(UInt8(ascii: "\n")) {
+                let chunk = input.availableData
+                if chunk.isEmpty { break }
+                pending += chunk
+            }
+            let end = pending.firstIndex(of: UInt8(ascii: "\n")) ?? pending.endIndex
+            defer { pending = pending[min(end + 1, pending.endIndex)...] }
+            return String(decoding: pending[..<end], as: UTF8.self)
+        }
+        _ = line()  // the greeting
+        return commands.map { command in
+            input.write(Data("{\"execute\":\"\(command)\"}\n".utf8))
+            var reply = line()
+            while reply.contains("\"event\"") { reply = line() }
+            return reply
+        }
+    }
+
     @Test func aVanishedDestinationDaemonNeverLeavesTwoRunningCopies() throws {
         try withTwoDaemons(nil, nil) { a, b in
             try boot("orphan", on: a)
