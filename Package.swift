@@ -102,7 +102,7 @@ let package = Package(
             linkerSettings: releaseLink
         ),
         .testTarget(name: "TernHostTests", dependencies: ["TernHost", "TernCPU", "TernHypervisor"]),
-        .testTarget(name: "TernAPITests", dependencies: ["TernAPI"]),
+        .testTarget(name: "TernAPITests", dependencies: ["TernAPI", "CTernHost"]),
         .testTarget(name: "TernSaveFileTests", dependencies: ["TernSaveFile", "CTernHost"]),
         .testTarget(
             name: "TernQEMUTests",

@@ -1,3 +1,4 @@
+import CTernHost
 import Foundation
 import TernAPI
 import Testing
@@ -15,16 +16,8 @@ import Glibc
         let fd: Int32
 
         init() throws {
-            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { bytes in
-                for (i, byte) in path.utf8.enumerated() { bytes[i] = byte }
-            }
-            let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            guard bound == 0, listen(fd, 8) == 0 else { throw POSIXError(.EADDRINUSE) }
+            fd = tern_unix_listen(path)
+            guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         }
 
         deinit {

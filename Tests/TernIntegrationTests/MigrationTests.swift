@@ -1,3 +1,4 @@
+import CTernHost
 import Foundation
 import TernAPI
 import TernTestSupport
@@ -530,66 +531,65 @@ import Glibc
     /// word to resume first) or discards its copy (the abort first). Either way one copy runs at
     /// most, and the VM counts on where it is.
     @Test func aDestinationThatStopsAnsweringNeverLeavesTwoRunningCopies() throws {
+        try withMoveLeftInDoubt("stranded") { a, b, last in
+            kill(try #require(b.pid), SIGCONT)
+            var there = try state("stranded", on: b)
+            for _ in 0..<100 where there == "incoming" {
+                Thread.sleep(forTimeInterval: 0.1)
+                there = try state("stranded", on: b)
+            }
+            #expect(try state("stranded", on: a) == "paused", "the source resumed on its own")
+            if there == "running" {
+                #expect(b.waitForConsole("stranded", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the destination")
+                #expect(a.lastCounter("stranded") == last, "the paused source copy ran")
+            } else {
+                #expect(there == nil, "the destination neither runs nor dropped its copy: \(String(describing: there))")
+                #expect(!b.consoleLog("stranded").contains("TERN-GUEST: counter"), "the dropped copy ran")
+                #expect(try a.tern("resume", "stranded").status == 0)
+                #expect(a.waitForConsole("stranded", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the source")
+            }
+        }
+    }
+
+    /// Two daemons (the source with a short `--peer-timeout`) and a VM `name` moved non-live
+    /// between them, whose destination daemon is stopped (SIGSTOP: as a host that hangs, or a link
+    /// left half-open; its QEMU receives the rest of the stream) until the source gives up on it.
+    /// The source must then keep the VM paused, unable to learn where it runs, and say so. Runs
+    /// `body` with both daemons (the destination still stopped) and the last counter printed.
+    func withMoveLeftInDoubt(_ name: String, _ body: (TestDaemon, TestDaemon, Int) throws -> Void) throws {
         let a = try TestDaemon(extraArguments: ["--peer-timeout", "3"])
         defer { a.tearDown() }
         let b = try TestDaemon()
         defer { b.tearDown() }
-        try boot("stranded", on: a)
+        try boot(name, on: a)
         // Non-live: the whole state is sent whatever the guest does, and then the word to resume.
-        let (process, pipe, _) = try startSlowMigration("stranded", from: a, to: b, ["--no-live"])
-        let daemon = try #require(b.pid)
-        kill(daemon, SIGSTOP)  // the daemon, not its QEMU, which receives the rest of the stream
+        let (process, pipe, _) = try startSlowMigration(name, from: a, to: b, ["--no-live"])
+        kill(try #require(b.pid), SIGSTOP)
         process.waitUntilExit()
         let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(process.terminationStatus != 0)
-        #expect(err.contains("could not be learned") && err.contains("'tern resume stranded' here"), "\(err)")
-        #expect(try state("stranded", on: a) == "paused")
-        #expect(try a.tern("dominfo", "stranded").out.contains("whether it runs there is not known"))
-        let last = a.lastCounter("stranded")
-        kill(daemon, SIGCONT)
-        var there = try state("stranded", on: b)
-        for _ in 0..<100 where there == "incoming" {
-            Thread.sleep(forTimeInterval: 0.1)
-            there = try state("stranded", on: b)
-        }
-        #expect(try state("stranded", on: a) == "paused", "the source resumed on its own")
-        if there == "running" {
-            #expect(b.waitForConsole("stranded", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the destination")
-            #expect(a.lastCounter("stranded") == last, "the paused source copy ran")
-        } else {
-            #expect(there == nil, "the destination neither runs nor dropped its copy: \(String(describing: there))")
-            #expect(!b.consoleLog("stranded").contains("TERN-GUEST: counter"), "the dropped copy ran")
-            #expect(try a.tern("resume", "stranded").status == 0)
-            #expect(a.waitForConsole("stranded", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the source")
-        }
+        #expect(err.contains("could not be learned") && err.contains("'tern resume \(name)' here"), "\(err)")
+        #expect(try state(name, on: a) == "paused")
+        #expect(try a.tern("dominfo", name).out.contains("whether it runs there is not known"))
+        try body(a, b, a.lastCounter(name))
     }
 
     /// The destination's daemon dies just after it let the received guest run, before it could
     /// confirm: the source cannot learn where the VM runs and keeps it paused, and the restarted
     /// destination keeps the running guest instead of ending it. One copy runs, and counts on.
     @Test func aDestinationDaemonThatDiesAfterResumingKeepsTheVMItRuns() throws {
-        let a = try TestDaemon(extraArguments: ["--peer-timeout", "3"])
-        defer { a.tearDown() }
-        let b = try TestDaemon()
-        defer { b.tearDown() }
-        try boot("resumed", on: a)
-        let (process, pipe, _) = try startSlowMigration("resumed", from: a, to: b, ["--no-live"])
-        kill(try #require(b.pid), SIGSTOP)
-        process.waitUntilExit()
-        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(err.contains("could not be learned"), "\(err)")
-        #expect(try state("resumed", on: a) == "paused")
-        let last = a.lastCounter("resumed")
-        b.kill()
-        // What the daemon did just before it died: the state is in, and the guest runs.
-        let control = b.stateDirectory.appendingPathComponent("vms/resumed/control.sock").path
-        let replies = try Self.qmp(control, ["qmp_capabilities", "cont"])
-        #expect(replies.allSatisfy { $0.contains("\"return\"") }, "\(replies)")
-        try b.start()
-        #expect(try state("resumed", on: b) == "running")
-        #expect(try b.tern("dominfo", "resumed").out.contains("it was running when this daemon restarted"))
-        #expect(b.waitForConsole("resumed", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the destination")
-        #expect(a.lastCounter("resumed") == last, "the paused source copy ran")
+        try withMoveLeftInDoubt("resumed") { a, b, last in
+            b.kill()
+            // What the daemon did just before it died: the state is in, and the guest runs.
+            let control = b.stateDirectory.appendingPathComponent("vms/resumed/control.sock").path
+            let replies = try Self.qmp(control, ["qmp_capabilities", "cont"])
+            #expect(replies.allSatisfy { $0.contains("\"return\"") }, "\(replies)")
+            try b.start()
+            #expect(try state("resumed", on: b) == "running")
+            #expect(try b.tern("dominfo", "resumed").out.contains("it was running when this daemon restarted"))
+            #expect(b.waitForConsole("resumed", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the destination")
+            #expect(a.lastCounter("resumed") == last, "the paused source copy ran")
+        }
     }
 
     /// The source's daemon dies during a move and its QEMU sends the rest on its own: restarted,
@@ -621,17 +621,9 @@ import Glibc
 
     /// Sends QMP commands (no arguments) over a QEMU control socket; returns each reply line.
     static func qmp(_ socketPath: String, _ commands: [String]) throws -> [String] {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = tern_unix_connect(socketPath)
+        guard fd >= 0 else { throw DaemonError(message: "cannot connect to \(socketPath)") }
         defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { bytes in
-            for (i, byte) in socketPath.utf8.enumerated() { bytes[i] = byte }
-        }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else { throw DaemonError(message: "cannot connect to \(socketPath)") }
         let input = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
         var pending = Data()
         func line() -> String {
