@@ -109,7 +109,7 @@ public struct APIClient: Sendable {
         } catch {
             guard timedOut.withLockedValue({ $0 }), let timeout else { throw error }
             throw APIError(
-                code: "timeout", error: "ternd at \(endpoint) did not answer within \(timeout.components.seconds) s")
+                code: "timeout", error: "ternd at \(endpoint) did not answer within \(timeout)")
         }
     }
 
