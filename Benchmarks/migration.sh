@@ -3,24 +3,27 @@
 # one run on the same guest: 1 GiB, idle (a counter) and while it dirties memory (memtouch).
 #
 #   tern   two ternd on this machine; 'tern migrate VM --to B' (Tern's defaults), alternating
-#          directions; figures from its report (total = the command's wall time). The VM has
-#          Tern's default devices, so a virtio balloon with free page reporting: the memory the
-#          guest has freed travels as zero pages (plain QEMU has no balloon unless asked; libvirt's
-#          default balloon leaves reporting off)
+#          directions; figures from its report (total = the command's wall time). B is named by
+#          its Unix socket, so Tern streams through a Unix socket (its choice between daemons on
+#          one machine). The VM has Tern's default devices, so a virtio balloon with free page
+#          reporting: the memory the guest has freed travels as zero pages (plain QEMU has no
+#          balloon unless asked; libvirt's default balloon leaves reporting off)
 #   qemu   the same QEMU command line run by hand; a destination QEMU with -incoming, then QMP
-#          'migrate' on the source with only the bandwidth cap lifted (QEMU's default is 32 MiB/s);
-#          total = from launching the destination to its 'running'
-# Downtime, for both: from the source QEMU's STOP event to the destination QEMU's RESUME event
+#          'migrate' on the source with only the bandwidth cap lifted (QEMU's default is 32 MiB/s),
+#          over TCP (tcp:127.0.0.1:PORT); total = from launching the destination to its 'running'
+#   tern-tcp, qemu-unix   like against like on the transport: Tern with both daemons named by
+#          TCP endpoints (the stream goes over TCP, as between two machines), and plain QEMU over
+#          a Unix socket. What a figure owes to the transport and what to the rest shows there
+# Downtime, for Tern and QEMU: from the source QEMU's STOP event to the destination QEMU's RESUME event
 # (QMP event timestamps; one machine, one clock) — what the guest lives through, not QEMU's own
 # 'downtime' figure, which ends when the source has sent the last byte.
 # Where the machine's own memory is backed lazily (a VM whose host reclaims its free memory, as
 # here), a destination's first writes to fresh memory sometimes cost several times more, for
 # every method alike: plain QEMU moving a 1 GiB idle guest took 130-513 ms into a fresh QEMU and
 # 111-174 ms into one started with -mem-prealloc (8 runs each, alternating). Hence the spread.
-# Tern and plain QEMU take turns, move by move, the first of each pair alternating (the host's
-# drift, and what one method's move leaves behind for the next, weigh on both alike); between
-# its moves a guest is paused ('tern suspend', QMP 'stop'), and it runs SETTLE seconds (0.5)
-# before each move.
+# Tern and plain QEMU take turns, move by move, who goes first rotating (the host's drift, and
+# what one method's move leaves behind for the next, weigh on all alike); between its moves a
+# guest is paused ('tern suspend', QMP 'stop'), and it runs SETTLE seconds (0.5) before each move.
 #   virsh  'virsh migrate --live --p2p' between two session-mode libvirtd with their own host
 #          UUIDs (libvirt refuses a destination with its own UUID); total = the command's wall
 #          time; downtime = libvirt's 'Total downtime'. When libvirt cannot run, the reason is printed
@@ -29,7 +32,7 @@
 # migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE', in turns.
 #
 # Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build-release/release] [TERN_ARGS="--connections 1"] [KEEP=1]
-#        [SETTLE=0.5] [CASES="idle dirty"] [METHODS="tern qemu virsh save"] Benchmarks/migration.sh
+#        [SETTLE=0.5] [CASES="idle dirty"] [METHODS="tern qemu tern-tcp qemu-unix virsh save"] Benchmarks/migration.sh
 # (CASES and METHODS narrow a run down for experiments; the figures to report come from a full run.)
 # Needs root (QEMU, libvirt). TCG only.
 set -uo pipefail
@@ -37,7 +40,7 @@ cd "$(dirname "$0")/.." || exit 1
 
 RUNS=${RUNS:-3}
 CASES=${CASES:-idle dirty}
-METHODS=${METHODS:-tern qemu virsh save}
+METHODS=${METHODS:-tern qemu tern-tcp qemu-unix virsh save}
 wants() { [[ " $METHODS " == *" $1 "* ]]; }
 MEMORY=${MEMORY:-1024}
 DIRTY_MB=${DIRTY_MB:-256}
@@ -172,27 +175,29 @@ declare -A RESULT   # RESULT[method,case,metric] = "v1 v2 …"
 add() { RESULT[$1,$2,$3]+="$4 "; }
 
 # ---- plain QEMU --------------------------------------------------------------------------
-# One guest per case, moved back and forth: qemu_boot, then qemu_move per run. Between its moves
-# the guest is stopped (QMP 'stop'), so that it takes no processor time from the other method's.
+# One guest per method and case, moved back and forth: qemu_boot, then qemu_move per run. Between
+# its moves the guest is stopped (QMP 'stop'), so that it takes no processor time from the other
+# methods' moves. Method qemu streams over TCP (tcp:127.0.0.1:PORT, as between two machines);
+# qemu-unix over a Unix socket (unix:PATH, the transport Tern picks between daemons on one machine).
 declare -A QSRC QPID
-qemu_boot() { # CASE
-    local c=$1 src=q-$1-0
+qemu_boot() { # METHOD CASE
+    local m=$1 c=$2 src=$1-$2-0
     qemu_launch "$src" "$c"
-    QPID[$c]=$LAUNCHED
+    QPID[$m,$c]=$LAUNCHED
     wait_console "$work/$src.log" "$(ready_marker "$c")"
-    QSRC[$c]=$src
+    QSRC[$m,$c]=$src
     qmp "$src" '{"execute":"stop"}'
 }
-qemu_move() { # CASE RUN
-    local c=$1 src=${QSRC[$1]} srcpid=${QPID[$1]} dst=q-$1-$2 port t0 status dstpid k
+qemu_move() { # METHOD CASE RUN
+    local m=$1 c=$2 src=${QSRC[$1,$2]} srcpid=${QPID[$1,$2]} dst=$1-$2-$3 uri t0 status dstpid k
     qmp "$src" '{"execute":"cont"}'
     nap "$SETTLE"
-    port=$((49000 + RANDOM % 1000))
+    if [[ $m == qemu-unix ]]; then uri="unix:$work/$dst.stream"; else uri="tcp:127.0.0.1:$((49000 + RANDOM % 1000))"; fi
     t0=$(now_us)
-    qemu_launch "$dst" "$c" -incoming "tcp:127.0.0.1:$port"
+    qemu_launch "$dst" "$c" -incoming "$uri"
     dstpid=$LAUNCHED
     qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
-    qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:$port\"}}"
+    qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"$uri\"}}"
     while :; do
         qmp "$src" '{"execute":"query-migrate"}'
         status=$(field status)
@@ -200,30 +205,32 @@ qemu_move() { # CASE RUN
         nap 0.002
     done
     [[ $status == completed ]] || die "plain QEMU migration failed: $REPLY"
-    add qemu "$c" bytes "$(field transferred)"
-    add qemu "$c" passes "$(field dirty-sync-count)"
+    add "$m" "$c" bytes "$(field transferred)"
+    add "$m" "$c" passes "$(field dirty-sync-count)"
     while :; do
         qmp "$dst" '{"execute":"query-status"}'
         [[ $(field status) == running ]] && break
         nap 0.001
     done
-    add qemu "$c" total $((($(now_us) - t0) / 1000))
+    add "$m" "$c" total $((($(now_us) - t0) / 1000))
     # The guest's downtime: the source's STOP event to the destination's RESUME event.
     for ((k = 0; k < 100; k++)); do [[ -n ${RESUMED[$dst]:-} ]] && break; qmp "$dst" '{"execute":"query-status"}'; nap 0.001; done
-    add qemu "$c" downtime $(((RESUMED[$dst] - STOPPED[$src]) / 1000))
+    add "$m" "$c" downtime $(((RESUMED[$dst] - STOPPED[$src]) / 1000))
     qmp_close "$src"
     kill -KILL "$srcpid" 2>/dev/null
-    QSRC[$c]=$dst
-    QPID[$c]=$dstpid
+    QSRC[$m,$c]=$dst
+    QPID[$m,$c]=$dstpid
     qmp "$dst" '{"execute":"stop"}'
 }
-qemu_end() { # CASE
-    qmp_close "${QSRC[$1]}"
-    kill -KILL "${QPID[$1]}" 2>/dev/null
+qemu_end() { # METHOD CASE
+    qmp_close "${QSRC[$1,$2]}"
+    kill -KILL "${QPID[$1,$2]}" 2>/dev/null
 }
 
 # ---- Tern --------------------------------------------------------------------------------
-# The same for Tern: tern_boot, then tern_move per run ('tern suspend' between moves).
+# The same for Tern: tern_boot, then tern_move per run ('tern suspend' between moves). Method
+# tern names the destination daemon by its Unix socket, so the stream takes a Unix socket too;
+# tern-tcp names it by its TCP endpoint, so the stream goes over TCP, as between two machines.
 start_tern_vm() { # NAME CASE: define and start on daemon a
     "$TERN" define - --connect "$work/a/ternd.sock" >/dev/null <<EOF || die "tern define failed"
 <domain type='qemu'>
@@ -237,31 +244,36 @@ EOF
     "$TERN" start "$1" --connect "$work/a/ternd.sock" >/dev/null || die "tern start failed"
 }
 
-declare -A TFROM
-tern_boot() { # CASE
-    start_tern_vm "bench-$1" "$1"
-    wait_console "$work/a/vms/bench-$1/console.log" "$(ready_marker "$1")"
-    TFROM[$1]=a
-    "$TERN" suspend "bench-$1" --connect "$work/a/ternd.sock" >/dev/null || die "tern suspend failed"
+declare -A TFROM TCP_PORT
+endpoint() { # METHOD DAEMON
+    if [[ $1 == tern-tcp ]]; then echo "tcp://127.0.0.1:${TCP_PORT[$2]}"; else echo "$work/$2/ternd.sock"; fi
 }
-tern_move() { # CASE: alternating directions
-    local c=$1 from=${TFROM[$1]} to t0 out
+tern_boot() { # METHOD CASE
+    local vm=$1-$2
+    start_tern_vm "$vm" "$2"
+    wait_console "$work/a/vms/$vm/console.log" "$(ready_marker "$2")"
+    TFROM[$vm]=a
+    "$TERN" suspend "$vm" --connect "$work/a/ternd.sock" >/dev/null || die "tern suspend failed"
+}
+tern_move() { # METHOD CASE: alternating directions
+    local m=$1 c=$2 vm=$1-$2 from to t0 out
+    from=${TFROM[$vm]}
     [[ $from == a ]] && to=b || to=a
-    "$TERN" resume "bench-$c" --connect "$work/$from/ternd.sock" >/dev/null || die "tern resume failed"
+    "$TERN" resume "$vm" --connect "$work/$from/ternd.sock" >/dev/null || die "tern resume failed"
     nap "$SETTLE"
     t0=$(now_us)
-    out=$("$TERN" migrate "bench-$c" --to "$work/$to/ternd.sock" --connect "$work/$from/ternd.sock" ${TERN_ARGS:-}) \
+    out=$("$TERN" migrate "$vm" --to "$(endpoint "$m" "$to")" --connect "$(endpoint "$m" "$from")" ${TERN_ARGS:-}) \
         || die "tern migrate failed: $out"
-    add tern "$c" total $((($(now_us) - t0) / 1000))
-    add tern "$c" downtime "$(awk '/downtime/ { print $2 }' <<<"$out")"
-    add tern "$c" bytes "$(awk '/transferred/ { printf "%d", $2 * 1048576 }' <<<"$out")"
-    add tern "$c" passes "$(awk '/transferred/ { for (i = 1; i < NF; i++) if ($i == "in") print $(i + 1) }' <<<"$out")$(grep -q '(non-live)' <<<"$out" && echo n)"
-    TFROM[$c]=$to
-    "$TERN" suspend "bench-$c" --connect "$work/$to/ternd.sock" >/dev/null || die "tern suspend failed"
+    add "$m" "$c" total $((($(now_us) - t0) / 1000))
+    add "$m" "$c" downtime "$(awk '/downtime/ { print $2 }' <<<"$out")"
+    add "$m" "$c" bytes "$(awk '/transferred/ { printf "%d", $2 * 1048576 }' <<<"$out")"
+    add "$m" "$c" passes "$(awk '/transferred/ { for (i = 1; i < NF; i++) if ($i == "in") print $(i + 1) }' <<<"$out")$(grep -q '(non-live)' <<<"$out" && echo n)"
+    TFROM[$vm]=$to
+    "$TERN" suspend "$vm" --connect "$work/$to/ternd.sock" >/dev/null || die "tern suspend failed"
 }
-tern_end() { # CASE
-    "$TERN" destroy "bench-$1" --connect "$work/${TFROM[$1]}/ternd.sock" >/dev/null
-    "$TERN" undefine "bench-$1" --connect "$work/${TFROM[$1]}/ternd.sock" >/dev/null
+tern_end() { # METHOD CASE
+    "$TERN" destroy "$1-$2" --connect "$work/${TFROM[$1-$2]}/ternd.sock" >/dev/null
+    "$TERN" undefine "$1-$2" --connect "$work/${TFROM[$1-$2]}/ternd.sock" >/dev/null
 }
 
 # ---- libvirt ------------------------------------------------------------------------------
@@ -448,9 +460,10 @@ bench_save_restore() {
 }
 
 # ---- run ---------------------------------------------------------------------------------
+TCP_PORT=([a]=$((47000 + RANDOM % 500)) [b]=$((47500 + RANDOM % 500)))
 for d in a b; do
     mkdir -p "$work/$d"
-    "$TERND" --state-dir "$work/$d" >"$work/$d.log" 2>&1 &
+    "$TERND" --state-dir "$work/$d" --listen "127.0.0.1:${TCP_PORT[$d]}" >"$work/$d.log" 2>&1 &
     PIDS+=($!)
     disown
 done
@@ -459,24 +472,27 @@ for d in a b; do
 done
 
 # Tern and plain QEMU take turns, move by move, so that the host's drift (large on a shared
-# machine) weighs on both alike; each guest runs only for its own moves. Who goes first
-# alternates run by run: a move made right after the other method's pays for whatever that one
-# left behind (a QEMU's memory being freed), and that should fall on both alike too.
+# machine) weighs on all alike; each guest runs only for its own moves. Who goes first rotates
+# run by run: a move made right after another method's pays for whatever that one left behind
+# (a QEMU's memory being freed), and that should fall on all alike too.
+TURNS=()
+for m in tern qemu tern-tcp qemu-unix; do wants "$m" && TURNS+=("$m"); done
+move() { # METHOD CASE RUN
+    case $1 in tern | tern-tcp) tern_move "$1" "$2" ;; *) qemu_move "$1" "$2" "$3" ;; esac
+}
 for c in $CASES; do
-    log "case $c: tern and plain QEMU, in turns ($RUNS runs each)"
-    wants tern && tern_boot "$c"
-    wants qemu && qemu_boot "$c"
-    for ((i = 1; i <= RUNS; i++)); do
-        if ((i % 2)); then
-            wants tern && tern_move "$c"
-            wants qemu && qemu_move "$c" "$i"
-        else
-            wants qemu && qemu_move "$c" "$i"
-            wants tern && tern_move "$c"
-        fi
+    log "case $c: ${TURNS[*]}, in turns ($RUNS runs each)"
+    for m in "${TURNS[@]}"; do
+        case $m in tern | tern-tcp) tern_boot "$m" "$c" ;; *) qemu_boot "$m" "$c" ;; esac
     done
-    wants tern && tern_end "$c"
-    wants qemu && qemu_end "$c"
+    for ((i = 1; i <= RUNS; i++)); do
+        for ((k = 0; k < ${#TURNS[@]}; k++)); do
+            move "${TURNS[(i - 1 + k) % ${#TURNS[@]}]}" "$c" "$i"
+        done
+    done
+    for m in "${TURNS[@]}"; do
+        case $m in tern | tern-tcp) tern_end "$m" "$c" ;; *) qemu_end "$m" "$c" ;; esac
+    done
     if wants virsh; then
         log "case $c: virsh migrate ($RUNS runs)"
         bench_virsh "$c" || log "virsh: $VIRSH_REASON"
@@ -512,26 +528,31 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 echo
-echo "Live migration, ${MEMORY} MiB guest, TCG, medians of $RUNS runs (tern = 'tern migrate' defaults;"
-echo "qemu = plain QEMU over QMP, bandwidth cap lifted, otherwise defaults; least: the fastest run's"
-echo "total and the shortest downtime, what each costs when the host does not get in the way)"
+echo "Live migration, ${MEMORY} MiB guest, TCG, medians of $RUNS runs. tern = 'tern migrate' defaults between"
+echo "daemons named by their Unix sockets (so the stream takes a Unix socket); qemu = plain QEMU over QMP,"
+echo "bandwidth cap lifted, otherwise defaults, over TCP; virsh = libvirt over TCP. Like against like on the"
+echo "transport: tern-tcp = Tern between daemons named by TCP endpoints (stream over TCP, as between"
+echo "machines); qemu-unix = plain QEMU over a Unix socket. least: the fastest run's total and the shortest"
+echo "downtime, what each costs when the host does not get in the way"
 echo "Host memory: $(host_memory)"
-printf '%-7s %-6s %10s %10s %10s %12s %14s\n' case method total_ms downtime_ms MiB MiB/s "least t/d ms"
+printf '%-7s %-16s %10s %10s %10s %12s %14s\n' case method total_ms downtime_ms MiB MiB/s "least t/d ms"
 for c in idle dirty; do
-    for m in tern qemu virsh; do
+    for m in tern qemu virsh tern-tcp qemu-unix; do
         [[ -n ${RESULT[$m,$c,total]:-} ]] || continue
         t=$(median ${RESULT[$m,$c,total]})
         d=$(median ${RESULT[$m,$c,downtime]})
         b=$(median ${RESULT[$m,$c,bytes]})
-        printf '%-7s %-6s %10s %10s %10s %12s %14s\n' "$c" "$m" "$t" "$d" "$(mib "$b")" \
+        printf '%-7s %-16s %10s %10s %10s %12s %14s\n' "$c" "$m" "$t" "$d" "$(mib "$b")" \
             "$(awk -v b="$b" -v t="$t" 'BEGIN { printf "%.0f", b / 1048576 / (t / 1000) }')" \
             "$(least ${RESULT[$m,$c,total]})/$(least ${RESULT[$m,$c,downtime]})"
     done
-    for m in qemu virsh; do
-        [[ -n ${RESULT[$m,$c,total]:-} && -n ${RESULT[tern,$c,total]:-} ]] || continue
-        printf '%-7s %-6s %10s %10s\n' "$c" "t/$m" \
-            "$(ratio "$(median ${RESULT[tern,$c,total]})" "$(median ${RESULT[$m,$c,total]})")" \
-            "$(ratio "$(median ${RESULT[tern,$c,downtime]})" "$(median ${RESULT[$m,$c,downtime]})")"
+    # Tern against each peer; then like against like on the transport.
+    for pair in tern/qemu tern/virsh tern/qemu-unix tern-tcp/qemu; do
+        t=${pair%/*} m=${pair#*/}
+        [[ -n ${RESULT[$m,$c,total]:-} && -n ${RESULT[$t,$c,total]:-} ]] || continue
+        printf '%-7s %-16s %10s %10s\n' "$c" "$pair" \
+            "$(ratio "$(median ${RESULT[$t,$c,total]})" "$(median ${RESULT[$m,$c,total]})")" \
+            "$(ratio "$(median ${RESULT[$t,$c,downtime]})" "$(median ${RESULT[$m,$c,downtime]})")"
     done
 done
 wants virsh && echo "virsh: $VIRSH_REASON"
@@ -539,7 +560,7 @@ echo "Every run, in order (total ms / downtime ms / passes over memory; n: non-l
 echo "given up); the first move of a freshly booted guest is the slowest. Under TCG a live move of 4 or"
 echo "more passes (!) may have lost guest writes: QEMU's dirty tracking misses some (see README.md)."
 for c in idle dirty; do
-    for m in tern qemu virsh; do
+    for m in tern qemu virsh tern-tcp qemu-unix; do
         [[ -n ${RESULT[$m,$c,total]:-} ]] || continue
         read -r -a totals <<<"${RESULT[$m,$c,total]}"
         read -r -a downs <<<"${RESULT[$m,$c,downtime]}"
@@ -550,7 +571,7 @@ for c in idle dirty; do
             [[ $p =~ ^[0-9]+$ && $p -ge 4 ]] && p+="!"
             line+=" ${totals[k]}/${downs[k]:-?}/$p"
         done
-        printf '  %-6s %-6s%s\n' "$c" "$m" "$line"
+        printf '  %-6s %-9s%s\n' "$c" "$m" "$line"
     done
 done
 wants save || exit 0

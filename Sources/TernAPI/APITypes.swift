@@ -271,12 +271,15 @@ public struct MigrationReport: Codable, Sendable {
     public var throughputMiBps: Double
     /// Something the user should know about how the move went (e.g. why it was made again).
     public var note: String?
+    /// What carried the stream: `tcp HOST:PORT`, or `unix PATH` between daemons on one machine.
+    public var stream: String?
 
     public init(
         vm: VMInfo, destination: String, kind: String, totalMs: Int, prepareMs: Int, transferMs: Int, confirmMs: Int,
-        downtimeMs: Int, bytes: Int, rounds: Int, throughputMiBps: Double, setupPauseMs: Int? = nil
+        downtimeMs: Int, bytes: Int, rounds: Int, throughputMiBps: Double, setupPauseMs: Int? = nil, stream: String? = nil
     ) {
         self.setupPauseMs = setupPauseMs
+        self.stream = stream
         self.prepareMs = prepareMs
         self.confirmMs = confirmMs
         self.vm = vm
@@ -297,10 +300,14 @@ public struct IncomingMigrationRequest: Codable, Sendable {
     public var parameters: MigrationParameters
     /// The destination discards the incoming VM if it has not finished within this many seconds.
     public var timeoutSeconds: Int?
-    public init(vm: VMTransfer, parameters: MigrationParameters, timeoutSeconds: Int?) {
+    /// The source reached this daemon through a Unix socket, so both are on one machine: the
+    /// stream may come through a Unix socket too (nil, as from an older source: TCP).
+    public var sameMachine: Bool?
+    public init(vm: VMTransfer, parameters: MigrationParameters, timeoutSeconds: Int?, sameMachine: Bool? = nil) {
         self.vm = vm
         self.parameters = parameters
         self.timeoutSeconds = timeoutSeconds
+        self.sameMachine = sameMachine
     }
 }
 

@@ -114,7 +114,7 @@ extension VMHost {
         }
         let name = request.name ?? transfer.name
         let (definition, cpu) = try admit(transfer, as: name)
-        let socket = files(name).directory.appendingPathComponent("restore.sock").path
+        let socket = incomingSocket(name)
         let (vm, _) = try await receive(
             name, definition: definition, cpu: cpu, cpuInfo: transfer.cpu, address: .unixSocket(socket),
             parameters: .save, autostart: false, timeoutSeconds: nil)
@@ -142,10 +142,25 @@ extension VMHost {
     public func prepareIncoming(_ request: IncomingMigrationRequest) async throws -> IncomingMigrationReply {
         let (definition, cpu) = try admit(request.vm, as: request.vm.name)
         let (_, address) = try await receive(
-            request.vm.name, definition: definition, cpu: cpu, cpuInfo: request.vm.cpu, address: .tcp(host: migrationHost, port: 0),
+            request.vm.name, definition: definition, cpu: cpu, cpuInfo: request.vm.cpu,
+            address: request.sameMachine == true ? localStreamAddress(request.vm.name) : .tcp(host: migrationHost, port: 0),
             parameters: request.parameters, autostart: false, timeoutSeconds: request.timeoutSeconds)
         resumeOnArrival[request.vm.name] = request.vm.running
         return IncomingMigrationReply(address: address)
+    }
+
+    /// Where a VM arriving from a daemon on this machine is received: a Unix socket in its
+    /// directory, which carries the stream faster than TCP over loopback; TCP where the path is
+    /// too long for a socket address.
+    private func localStreamAddress(_ name: String) -> MigrationAddress {
+        let path = incomingSocket(name)
+        return path.utf8.count < 100 ? .unixSocket(path) : .tcp(host: migrationHost, port: 0)
+    }
+
+    /// The Unix socket an incoming VM's state arrives through (from a save file, or from a
+    /// daemon on this machine).
+    private func incomingSocket(_ name: String) -> String {
+        files(name).directory.appendingPathComponent("incoming.sock").path
     }
 
     /// Destination, last phase: waits until the state is in, lets the guest run (if it ran on the
@@ -239,6 +254,7 @@ extension VMHost {
             let vmFiles = files(name)
             try FileManager.default.createDirectory(at: vmFiles.directory, withIntermediateDirectories: true)
             try? FileManager.default.removeItem(at: vmFiles.consoleLog)
+            if case .unixSocket(let path) = address { try? FileManager.default.removeItem(atPath: path) }
             let (vm, listening) = try await hypervisor.startIncoming(
                 try configuration(definition, cpu: cpu), files: vmFiles, address: address, parameters: parameters,
                 autostart: autostart)
@@ -474,6 +490,33 @@ extension VMHost {
         }
     }
 
+    /// Asks the destination to check and prepare. A destination reached through a Unix socket is
+    /// on this machine, and is asked to take the stream through a Unix socket too (faster than
+    /// TCP over loopback); should its socket not be reachable from here (another mount namespace,
+    /// another user's directory), it is asked again for TCP.
+    private func prepareDestination(
+        _ name: String, _ transfer: VMTransfer, at destination: APIClient, _ request: MigrateRequest
+    ) async throws -> IncomingMigrationReply {
+        let sameMachine = if case .unixSocket = destination.endpoint { true } else { false }
+        let ask = { (sameMachine: Bool) async throws -> IncomingMigrationReply in
+            try await destination.post(
+                "/migrations/incoming",
+                body: IncomingMigrationRequest(
+                    vm: transfer, parameters: request.parameters, timeoutSeconds: request.timeoutSeconds, sameMachine: sameMachine))
+        }
+        let reply = try await ask(sameMachine)
+        guard case .unixSocket(let path) = reply.address, !Self.canConnect(toSocket: path) else { return reply }
+        await abandonIncoming(name, at: destination)
+        return try await ask(false)
+    }
+
+    /// Whether this process (and so the hypervisor it starts, as the same user in the same mount
+    /// namespace) can connect to the Unix socket at `path`.
+    static func canConnect(toSocket path: String) -> Bool {
+        var status = stat()
+        return stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFSOCK && access(path, R_OK | W_OK) == 0
+    }
+
     /// One attempt at moving the VM over a migration stream.
     private func stream(
         _ name: String, _ vm: any VirtualMachineInstance, _ transfer: VMTransfer, to destination: APIClient,
@@ -493,9 +536,7 @@ extension VMHost {
         defer { settingUp.cancel() }
         let reply: IncomingMigrationReply
         do {
-            reply = try await destination.post(
-                "/migrations/incoming",
-                body: IncomingMigrationRequest(vm: transfer, parameters: request.parameters, timeoutSeconds: request.timeoutSeconds))
+            reply = try await prepareDestination(name, transfer, at: destination, request)
         } catch {
             // Without its answer, the destination may have started a receiving VM all the same.
             if (error as? APIError)?.isAnswer != true { await abandonIncoming(name, at: destination) }
@@ -601,7 +642,7 @@ extension VMHost {
             totalMs: totalMs, prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
             downtimeMs: transfer.running ? downtimeMs : 0, bytes: last.transferredBytes, rounds: last.rounds,
             throughputMiBps: transferMs > 0 ? Double(last.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0,
-            setupPauseMs: setupPause > .zero ? milliseconds(setupPause) : nil)
+            setupPauseMs: setupPause > .zero ? milliseconds(setupPause) : nil, stream: reply.address.streamDescription)
     }
 
     /// Quick migration: save to a file in `directory` (which the destination must see too), restore

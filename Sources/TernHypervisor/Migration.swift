@@ -19,6 +19,14 @@ public enum MigrationAddress: Sendable, Equatable, Codable, CustomStringConverti
         case let .unixSocket(path): path
         }
     }
+
+    /// The transport and where: `tcp HOST:PORT` or `unix PATH`.
+    public var streamDescription: String {
+        switch self {
+        case .tcp: "tcp \(description)"
+        case .unixSocket(let path): "unix \(path)"
+        }
+    }
 }
 
 /// How a migration runs.

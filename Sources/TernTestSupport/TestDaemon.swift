@@ -10,23 +10,34 @@ public final class TestDaemon: @unchecked Sendable {
     public let hostCPU: String?
     /// More `ternd` arguments (e.g. `--listen`).
     public let extraArguments: [String]
+    /// A command that runs `ternd` (its path and arguments follow), e.g. one that puts it in a
+    /// mount namespace of its own; empty: `ternd` is run directly.
+    public let launcher: [String]
     public var socket: String { stateDirectory.appendingPathComponent("ternd.sock").path }
     private var process: Process?
 
     /// Starts a daemon in a new temporary state directory (or `stateDirectory`).
-    public init(hostCPU: String? = nil, stateDirectory: URL? = nil, extraArguments: [String] = []) throws {
+    public init(hostCPU: String? = nil, stateDirectory: URL? = nil, extraArguments: [String] = [], launcher: [String] = []) throws {
         self.stateDirectory = stateDirectory
             ?? FileManager.default.temporaryDirectory.appendingPathComponent("ternd-test-\(UUID().uuidString.prefix(8))")
         self.hostCPU = hostCPU
         self.extraArguments = extraArguments
+        self.launcher = launcher
         try start()
     }
 
     /// Starts (or restarts) the daemon process and waits until it answers.
     public func start() throws {
         let process = Process()
-        process.executableURL = packageRoot.appendingPathComponent(".build/debug/ternd")
-        process.arguments = ["--state-dir", stateDirectory.path] + (hostCPU.map { ["--host-cpu", $0] } ?? []) + extraArguments
+        let ternd = packageRoot.appendingPathComponent(".build/debug/ternd")
+        let arguments = ["--state-dir", stateDirectory.path] + (hostCPU.map { ["--host-cpu", $0] } ?? []) + extraArguments
+        if let command = launcher.first {
+            process.executableURL = URL(fileURLWithPath: command)
+            process.arguments = launcher.dropFirst() + [ternd.path] + arguments
+        } else {
+            process.executableURL = ternd
+            process.arguments = arguments
+        }
         process.currentDirectoryURL = packageRoot
         let log = stateDirectory.appendingPathComponent("ternd.log")
         try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
@@ -133,4 +144,20 @@ public struct DaemonError: Error, CustomStringConvertible {
     public var message: String
     public init(message: String) { self.message = message }
     public var description: String { message }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick), for a daemon's `--listen`.
+public func freeTCPPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw DaemonError(message: "socket: errno \(errno)") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw DaemonError(message: "bind: errno \(errno)") }
+    return Int(UInt16(bigEndian: address.sin_port))
 }

@@ -152,6 +152,7 @@ struct Migrate: AsyncParsableCommand {
         print(
             "  transferred  \(mebibytes(report.bytes)) in \(report.rounds) round\(report.rounds == 1 ? "" : "s") "
                 + String(format: "(%.1f MiB/s)", report.throughputMiBps))
+        if let stream = report.stream { print("  stream       \(stream)") }
         if let note = report.note { print("  note         \(note)") }
     }
 

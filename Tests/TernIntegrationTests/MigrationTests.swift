@@ -54,6 +54,13 @@ import Glibc
         try body(a, b)
     }
 
+    /// A daemon that also serves its API on TCP, and the endpoint to reach it there: moves to it
+    /// through that endpoint stream over TCP, as between two machines.
+    func daemonOnTCP() throws -> (TestDaemon, String) {
+        let port = try freeTCPPort()
+        return (try TestDaemon(extraArguments: ["--listen", "127.0.0.1:\(port)"]), "tcp://127.0.0.1:\(port)")
+    }
+
     /// Defines and starts a counting VM on `daemon` and waits until it counts.
     func boot(_ name: String, on daemon: TestDaemon, mode: String = "counter", cpu: String = "", memoryMiB: Int = 192) throws {
         let defined = try daemon.tern("define", "-", stdin: TestDaemon.domainXML(name: name, mode: mode, memoryMiB: memoryMiB, cpu: cpu))
@@ -122,6 +129,8 @@ import Glibc
             #expect(run.status == 0, "\(run.err)")
             #expect(run.out.contains("Domain 'mover' migrated to \(b.socket) (live); it is running there"))
             #expect(run.out.contains("downtime") && run.out.contains("transferred"))
+            // Both daemons on this machine, named by their Unix sockets: the stream takes one too.
+            #expect(run.out.contains("stream       unix \(b.stateDirectory.path)/vms/mover/incoming.sock"), "\(run.out)")
             #expect(run.err.contains("Migration: ["), "no progress shown: \(run.err)")
             #expect(try state("mover", on: b) == "running")
             #expect(try state("mover", on: a) == nil, "the source still has the VM")
@@ -431,10 +440,12 @@ import Glibc
 
     /// Starts a slow (capped) migration in the background and waits until the destination is
     /// receiving. Returns the running `tern migrate` and the receiving QEMU's pid.
-    func startSlowMigration(_ name: String, from a: TestDaemon, to b: TestDaemon, _ options: [String] = []) throws -> (Process, Pipe, Int32) {
+    func startSlowMigration(
+        _ name: String, from a: TestDaemon, to b: TestDaemon, endpoint: String? = nil, _ options: [String] = []
+    ) throws -> (Process, Pipe, Int32) {
         let process = Process()
         process.executableURL = packageRoot.appendingPathComponent(".build/debug/tern")
-        process.arguments = ["migrate", name, "--to", b.socket, "--bandwidth", "8", "--connect", a.socket] + options
+        process.arguments = ["migrate", name, "--to", endpoint ?? b.socket, "--bandwidth", "8", "--connect", a.socket] + options
         let pipe = Pipe()
         process.standardError = pipe
         process.standardOutput = FileHandle.nullDevice
@@ -487,16 +498,46 @@ import Glibc
     }
 
     @Test func cuttingTheConnectionDuringTheTransferLeavesTheVMOnItsSource() throws {
-        try withTwoDaemons(nil, nil) { a, b in
-            try boot("cut", on: a)
-            let (process, pipe, pid) = try startSlowMigration("cut", from: a, to: b)
-            // The port the receiving QEMU listens on, then every connection to or from it, killed.
-            let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
-            let port = try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
-            let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
-            #expect(cut.status == 0, "\(cut.err)")
-            try expectStillOnSource("cut", a, b, process, pipe)
-        }
+        let a = try TestDaemon()
+        defer { a.tearDown() }
+        let (b, endpoint) = try daemonOnTCP()
+        defer { b.tearDown() }
+        try boot("cut", on: a)
+        let (process, pipe, pid) = try startSlowMigration("cut", from: a, to: b, endpoint: endpoint)
+        // The port the receiving QEMU listens on, then every connection to or from it, killed.
+        let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
+        let port = try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
+        let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
+        #expect(cut.status == 0, "\(cut.err)")
+        try expectStillOnSource("cut", a, b, process, pipe)
+    }
+
+    /// A destination reached through its Unix socket whose own files the source cannot see (here:
+    /// the source daemon runs in a mount namespace where the destination's VM directories are an
+    /// empty tmpfs) gets the stream over TCP; and a destination named by a TCP endpoint always does.
+    @Test func aStreamSocketTheSourceCannotReachFallsBackToTCP() throws {
+        let b = try TestDaemon()
+        defer { b.tearDown() }
+        let hidden = b.stateDirectory.appendingPathComponent("vms")
+        try FileManager.default.createDirectory(at: hidden, withIntermediateDirectories: true)
+        let port = try freeTCPPort()
+        let a = try TestDaemon(
+            extraArguments: ["--listen", "127.0.0.1:\(port)"],
+            launcher: ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                       "mount -t tmpfs tmpfs \"$0\" && exec \"$@\"", hidden.path])
+        defer { a.tearDown() }
+        try boot("elsewhere", on: a)
+        let there = try migrate("elsewhere", from: a, to: b)
+        #expect(there.status == 0, "\(there.err)")
+        #expect(there.out.contains("stream       tcp 127.0.0.1:"), "\(there.out)")
+        #expect(try state("elsewhere", on: b) == "running")
+        try expectContinuity("elsewhere", from: a, to: b)
+        let firstLeg = a.consoleLog("elsewhere")
+        let back = try b.tern("migrate", "elsewhere", "--to", "tcp://127.0.0.1:\(port)")
+        #expect(back.status == 0, "\(back.err)")
+        #expect(back.out.contains("stream       tcp 127.0.0.1:"), "\(back.out)")
+        #expect(try state("elsewhere", on: a) == "running")
+        try expectContinuity("elsewhere", from: b, to: a, sourceLog: firstLeg + b.consoleLog("elsewhere"))
     }
 
     @Test func domjobabortStopsAMoveAndTheVMStaysOnItsSource() throws {
