@@ -365,7 +365,14 @@ extension VMHost {
         let destination = APIClient(endpoint: endpoint, timeout: peerTimeout)
         moving.insert(name)
         abortRequested.remove(name)
-        defer { moving.remove(name) }
+        // Should this daemon restart before the move ends, it asks the destination where the VM
+        // is (``settleInterruptedMove``); not for a move that may switch to post-copy, whose guest
+        // may run there with part of its memory here.
+        if !request.parameters.postcopy { recordMove(name, to: request.destination) }
+        defer {
+            moving.remove(name)
+            recordMove(name, to: nil)
+        }
         do {
             return try await stream(name, vm, transfer, to: destination, request, begin: begin)
         } catch let inexact as InexactCopy {
@@ -515,6 +522,54 @@ extension VMHost {
     static func canConnect(toSocket path: String) -> Bool {
         var status = stat()
         return stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFSOCK && access(path, R_OK | W_OK) == 0
+    }
+
+    /// Records in the VM's record the destination of the move underway (nil: none).
+    private func recordMove(_ name: String, to destination: String?) {
+        guard var record = try? store.find(name), record.movingTo != destination else { return }
+        record.movingTo = destination
+        try? store.save(record)
+    }
+
+    /// A live move that a restart of this daemon interrupted (its record still names the
+    /// destination): a stream still flowing is given up, then the destination is asked, as after a
+    /// failed move, where the VM is. Arrived there: this copy is ended. Not there (never told to
+    /// run it, the destination discards what it received): it runs here again if it ran before.
+    /// No answer: it stays paused here, with the reason, so that it never runs twice.
+    func settleInterruptedMove(_ name: String, _ vm: any VirtualMachineInstance, destination: String, wasRunning: Bool) async {
+        moving.insert(name)
+        defer {
+            moving.remove(name)
+            recordMove(name, to: nil)
+        }
+        await cancelIfUnfinished(vm)
+        let whereabouts: Whereabouts
+        do {
+            whereabouts = await whereIs(
+                name, at: APIClient(endpoint: try APIClient.Endpoint(destination), timeout: peerTimeout), finishFailure: nil)
+        } catch {
+            whereabouts = .unknown("\(error)")
+        }
+        let interrupted = "its move to \(destination) was interrupted by a restart of this daemon"
+        switch whereabouts {
+        case .there:
+            forget(name, vm)
+        case .here:
+            let state = await keepHere(name, vm, running: wasRunning)
+            if var record = try? store.find(name), instances[name] != nil {
+                if let now = try? await vm.runState() { record.state = now.rawValue }
+                record.reason = "\(interrupted); \(destination) did not have it, so it is \(state) here"
+                try? store.save(record)
+            }
+        case .unknown(let why):
+            try? await vm.pause()
+            if var record = try? store.find(name), instances[name] != nil {
+                record.state = "paused"
+                record.reason = "\(interrupted), and whether it runs there could not be learned (\(why)): check there; "
+                    + "only if it does not run it, 'tern resume \(name)' here"
+                try? store.save(record)
+            }
+        }
     }
 
     /// One attempt at moving the VM over a migration stream.

@@ -105,6 +105,17 @@ public actor VMHost {
                 let vm = try await attach(record, pid: pid)
                 instances[record.name] = vm
                 let state = (try? await vm.runState())?.rawValue ?? record.state
+                if let destination = record.movingTo {
+                    // Moving when the daemon stopped: the destination says where the VM is.
+                    let wasRunning = record.state == "running"
+                    record.state = state
+                    record.reason = "its move to \(destination) was interrupted by a restart of this daemon; asking there"
+                    try? store.save(record)
+                    watch(record.name, vm)
+                    moving.insert(record.name)
+                    Task { await self.settleInterruptedMove(record.name, vm, destination: destination, wasRunning: wasRunning) }
+                    continue
+                }
                 // Its whole state went out (a migration or save finished) while this daemon was
                 // down: the destination may run it now.
                 if state == "paused", record.state == "running", (try? await vm.migrationProgress())?.status == .completed {

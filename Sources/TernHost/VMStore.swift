@@ -19,6 +19,9 @@ struct VMRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
     /// The console's last lines when it crashed (JSON array).
     var lastConsoleLines: String?
     var updatedAt: Date
+    /// While a live migration (pre-copy) is underway: the destination daemon, as the user named
+    /// it. A daemon restarted before the move ended asks that daemon where the VM is.
+    var movingTo: String? = nil
 
     /// Dates are stored as seconds since 1970: GRDB's default text format goes through a
     /// Foundation `DateFormatter`, which loads ICU's calendar and time-zone data into the daemon
@@ -34,7 +37,7 @@ struct VMRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
 /// ``VMHost/recover()`` reconciles the records with what is running at the next start.
 ///
 /// Schema (migration "v1"): table `vm` with `name` (primary key), `definition`, `state`, `pid`,
-/// `guestCPU`, `reason`, `lastConsoleLines`, `updatedAt`.
+/// `guestCPU`, `reason`, `lastConsoleLines`, `updatedAt`; "v2" adds `movingTo`.
 struct VMStore: Sendable {
     let queue: DatabaseQueue
 
@@ -56,6 +59,9 @@ struct VMStore: Sendable {
                     table.column("lastConsoleLines", .text)
                     table.column("updatedAt", .datetime).notNull()
                 }
+            }
+            migrator.registerMigration("v2") { db in
+                try db.alter(table: "vm") { table in table.add(column: "movingTo", .text) }
             }
             try migrator.migrate(queue)
         } catch {

@@ -633,31 +633,98 @@ import Glibc
         }
     }
 
-    /// The source's daemon dies during a move and its QEMU sends the rest on its own: restarted,
-    /// the daemon does not know whether the destination runs the VM, keeps it paused and says why;
-    /// the destination, never told to resume, never did.
-    @Test func aSourceDaemonRestartedAfterItsVMWentOutSaysSo() throws {
+    /// The source's daemon dies during a move and its QEMU sends the rest on its own. Restarted, the
+    /// daemon asks the destination where the VM is: never told to resume, the destination discards
+    /// its copy, and the VM runs on here, its counter intact.
+    @Test func aSourceDaemonRestartedMidMoveRunsTheVMAgainWhenTheDestinationNeverDid() throws {
         try withTwoDaemons(nil, nil) { a, b in
             try boot("departed", on: a)
             let (process, _, _) = try startSlowMigration("departed", from: a, to: b, ["--no-live"])
             a.kill()
             process.waitUntilExit()
-            let control = a.stateDirectory.appendingPathComponent("vms/departed/control.sock").path
-            var sent = false
-            for _ in 0..<240 where !sent {
-                Thread.sleep(forTimeInterval: 0.5)
-                sent = try Self.qmp(control, ["qmp_capabilities", "query-migrate"]).last?.contains("\"completed\"") == true
-            }
-            #expect(sent, "the source QEMU never finished sending")
-            try a.start()
-            #expect(try state("departed", on: a) == "paused")
-            #expect(try a.tern("dominfo", "departed").out.contains("its state had been sent out"))
-            #expect(!b.consoleLog("departed").contains("TERN-GUEST: counter"), "the destination ran it")
-            // Not running there, so the user resumes it here.
+            try waitUntilSent("departed", from: a)
             let last = a.lastCounter("departed")
-            #expect(try a.tern("resume", "departed").status == 0)
+            try a.start()
+            #expect(try waitForState("departed", on: a, "running"), "the VM did not run again on the source")
+            #expect(try a.tern("dominfo", "departed").out.contains("did not have it, so it is running here"))
             #expect(a.waitForConsole("departed", "TERN-GUEST: counter \(last + 3)"))
+            #expect(Self.counters(a.consoleLog("departed")) == Array(1...a.lastCounter("departed")), "the counter skipped or reset")
+            #expect(try state("departed", on: b) == nil, "the destination kept its copy")
+            #expect(!b.consoleLog("departed").contains("TERN-GUEST: counter"), "the destination ran it")
         }
+    }
+
+    /// The same, but the destination had been told to resume (the word got through before the
+    /// source's daemon died): restarted, the source learns the VM runs there and ends its own copy.
+    @Test func aSourceDaemonRestartedMidMoveLetsGoOfAVMThatArrived() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("arrived", on: a)
+            let (process, _, _) = try startSlowMigration("arrived", from: a, to: b, ["--no-live"])
+            a.kill()
+            process.waitUntilExit()
+            let last = a.lastCounter("arrived")
+            // What the source's daemon would have sent: the destination resumes the guest once the
+            // rest of the state (which the source QEMU sends on its own) is in.
+            let finished = Answer()
+            let done = DispatchSemaphore(value: 0)
+            Task {
+                finished.info = try? await APIClient(endpoint: .unixSocket(b.socket), timeout: .seconds(120))
+                    .post("/migrations/incoming/arrived/finish", as: IncomingMigrationFinish.self).vm
+                done.signal()
+            }
+            done.wait()
+            #expect(finished.info?.state == "running", "\(String(describing: finished.info))")
+            try a.start()
+            #expect(try waitForState("arrived", on: a, nil), "the source kept its copy")
+            #expect(try state("arrived", on: b) == "running")
+            #expect(b.waitForConsole("arrived", "TERN-GUEST: counter \(last + 3)"), "the VM does not count on the destination")
+        }
+    }
+
+    /// And when the destination's daemon is gone too, nobody can say whether the VM runs there:
+    /// it stays paused on the source, with the reason, until the user decides.
+    @Test func aSourceDaemonRestartedMidMoveKeepsTheVMPausedWhenTheDestinationCannotSay() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("unsure", on: a)
+            let (process, _, _) = try startSlowMigration("unsure", from: a, to: b, ["--no-live"])
+            a.kill()
+            b.kill()
+            process.waitUntilExit()
+            try waitUntilSent("unsure", from: a)
+            try a.start()
+            #expect(try waitForState("unsure", on: a, "paused"))
+            for _ in 0..<100 where try !a.tern("dominfo", "unsure").out.contains("could not be learned") {
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            #expect(try a.tern("dominfo", "unsure").out.contains("whether it runs there could not be learned"))
+            // Its daemon back, the destination ends the copy it was never told to run; the user
+            // then resumes the VM here.
+            try b.start()
+            #expect(try state("unsure", on: b) == nil)
+            let last = a.lastCounter("unsure")
+            #expect(try a.tern("resume", "unsure").status == 0)
+            #expect(a.waitForConsole("unsure", "TERN-GUEST: counter \(last + 3)"))
+        }
+    }
+
+    /// Waits until the source QEMU of a move whose daemon died has sent all of the state.
+    func waitUntilSent(_ name: String, from daemon: TestDaemon) throws {
+        let control = daemon.stateDirectory.appendingPathComponent("vms/\(name)/control.sock").path
+        var sent = false
+        for _ in 0..<240 where !sent {
+            Thread.sleep(forTimeInterval: 0.5)
+            sent = try Self.qmp(control, ["qmp_capabilities", "query-migrate"]).last?.contains("\"completed\"") == true
+        }
+        #expect(sent, "the source QEMU never finished sending")
+    }
+
+    /// Waits (up to 60 s) until the VM's state is `wanted` (nil: not defined there).
+    func waitForState(_ name: String, on daemon: TestDaemon, _ wanted: String?) throws -> Bool {
+        for _ in 0..<600 {
+            if try state(name, on: daemon) == wanted { return true }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        return false
     }
 
     /// Sends QMP commands (no arguments) over a QEMU control socket; returns each reply line.
