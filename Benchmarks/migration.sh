@@ -23,7 +23,8 @@
 # 111-174 ms into one started with -mem-prealloc (8 runs each, alternating). Hence the spread.
 # Tern and plain QEMU take turns, move by move, who goes first rotating (the host's drift, and
 # what one method's move leaves behind for the next, weigh on all alike); between its moves a
-# guest is paused ('tern suspend', QMP 'stop'), and it runs SETTLE seconds (0.5) before each move.
+# guest is paused ('tern suspend', QMP 'stop'), and it runs SETTLE seconds (0.5) plus a random
+# part of up to JITTER seconds (2.5) before each move.
 #   virsh  'virsh migrate --live --p2p' between two session-mode libvirtd with their own host
 #          UUIDs (libvirt refuses a destination with its own UUID); total = the command's wall
 #          time; downtime = libvirt's 'Total downtime'. When libvirt cannot run, the reason is printed
@@ -32,7 +33,7 @@
 # migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE', in turns.
 #
 # Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build-release/release] [TERN_ARGS="--connections 1"] [KEEP=1]
-#        [SETTLE=0.5] [CASES="idle dirty"] [METHODS="tern qemu tern-tcp qemu-unix virsh save"] Benchmarks/migration.sh
+#        [SETTLE=0.5] [JITTER=2.5] [CASES="idle dirty"] [METHODS="tern qemu tern-tcp qemu-unix virsh save"] Benchmarks/migration.sh
 # (CASES and METHODS narrow a run down for experiments; the figures to report come from a full run.)
 # Needs root (QEMU, libvirt). TCG only.
 set -uo pipefail
@@ -46,6 +47,12 @@ MEMORY=${MEMORY:-1024}
 DIRTY_MB=${DIRTY_MB:-256}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
 SETTLE=${SETTLE:-0.5}   # seconds a guest runs after being resumed, before its move
+# plus a random part, up to JITTER seconds, so that moves do not fall in step with the host's
+# periodic work (on the development machines, free page reporting every ~2.5 s: a move right
+# after a reporting pass writes into memory that must first come back from the machine's own
+# host, and with a fixed rhythm the same method in the rotation would keep meeting it)
+JITTER=${JITTER:-2.5}
+settle() { nap "$(awk -v s="$SETTLE" -v j="$JITTER" -v r="$RANDOM" 'BEGIN { printf "%.3f", s + j * r / 32768 }')"; }
 QEMU=${TERN_QEMU:-/usr/bin/qemu-system-x86_64}
 
 die() { echo "migration-bench: error: $*" >&2; exit 1; }
@@ -191,7 +198,7 @@ qemu_boot() { # METHOD CASE
 qemu_move() { # METHOD CASE RUN
     local m=$1 c=$2 src=${QSRC[$1,$2]} srcpid=${QPID[$1,$2]} dst=$1-$2-$3 uri t0 status dstpid k
     qmp "$src" '{"execute":"cont"}'
-    nap "$SETTLE"
+    settle
     if [[ $m == qemu-unix ]]; then uri="unix:$work/$dst.stream"; else uri="tcp:127.0.0.1:$((49000 + RANDOM % 1000))"; fi
     t0=$(now_us)
     qemu_launch "$dst" "$c" -incoming "$uri"
@@ -260,7 +267,7 @@ tern_move() { # METHOD CASE: alternating directions
     from=${TFROM[$vm]}
     [[ $from == a ]] && to=b || to=a
     "$TERN" resume "$vm" --connect "$work/$from/ternd.sock" >/dev/null || die "tern resume failed"
-    nap "$SETTLE"
+    settle
     t0=$(now_us)
     out=$("$TERN" migrate "$vm" --to "$(endpoint "$m" "$to")" --connect "$(endpoint "$m" "$from")" ${TERN_ARGS:-}) \
         || die "tern migrate failed: $out"
@@ -371,6 +378,7 @@ EOF
         || { VIRSH_REASON="libvirt could not start the guest"; return 1; }
     wait_console "$dir/console.log" "$(ready_marker "$c")"
     for ((i = 1; i <= RUNS; i++)); do
+        settle
         port=$((48000 + RANDOM % 1000))
         t0=$(now_us)
         out=$(virsh -c "${LV_URI[$from]}" migrate "$name" "${LV_URI[$to]}" --live --p2p --persistent \
@@ -394,11 +402,11 @@ EOF
 
 # ---- save / restore ------------------------------------------------------------------------
 # Tern and QEMU take turns here too, run by run; each guest is paused between its turns and
-# runs SETTLE seconds before its save.
+# runs SETTLE (+ JITTER) seconds before its save.
 tern_save_restore() { # NAME: one 'tern save' and one 'tern restore' of a running guest
     local name=$1 file=$work/bench.ternsave t0
     "$TERN" resume "$name" --connect "$work/a/ternd.sock" >/dev/null || die "tern resume failed"
-    nap "$SETTLE"
+    settle
     t0=$(now_us)
     "$TERN" save "$name" "$file" --connect "$work/a/ternd.sock" >/dev/null || die "tern save failed"
     add tern save ms $((($(now_us) - t0) / 1000))
@@ -413,7 +421,7 @@ QS_NAME="" QS_PID=""
 qemu_save_restore() { # RUN: QEMU by hand: stop, migrate to a file; a new QEMU with -incoming from it, cont
     local qfile=$work/bench.qemusave src=$QS_NAME dst=qs-$1 t0
     qmp "$src" '{"execute":"cont"}'
-    nap "$SETTLE"
+    settle
     t0=$(now_us)
     qmp "$src" '{"execute":"stop"}'
     qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1099511627776}}'
