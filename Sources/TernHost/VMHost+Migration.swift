@@ -146,7 +146,26 @@ extension VMHost {
             address: request.sameMachine == true ? localStreamAddress(request.vm.name) : .tcp(host: migrationHost, port: 0),
             parameters: request.parameters, autostart: false, timeoutSeconds: request.timeoutSeconds)
         resumeOnArrival[request.vm.name] = request.vm.running
+        receivingAt[request.vm.name] = address
         return IncomingMigrationReply(address: address)
+    }
+
+    /// Destination: a post-copy stream that broke off (the guest runs here, stalled on the memory
+    /// it lacks) listens again, the way it first did, for the source to send the rest.
+    public func recoverIncoming(_ name: String) async throws -> IncomingMigrationReply {
+        guard incoming[name] != nil, discarding[name] == nil, let vm = instances[name], let first = receivingAt[name] else {
+            throw HostError.invalidState(name: name, state: (try? find(name).state) ?? "not defined", action: "resume the stream of")
+        }
+        let status = try await vm.migrationProgress().status
+        guard status == .postcopyPaused else {
+            throw HostError.invalidState(name: name, state: "receiving (\(status.rawValue))", action: "resume the stream of")
+        }
+        var address = first
+        switch first {
+        case .tcp(let host, _): address = .tcp(host: host, port: 0)
+        case .unixSocket(let path): try? FileManager.default.removeItem(atPath: path)
+        }
+        return IncomingMigrationReply(address: try await vm.recoverIncoming(at: address))
     }
 
     /// Where a VM arriving from a daemon on this machine is received: a Unix socket in its
@@ -289,8 +308,9 @@ extension VMHost {
             case .failed, .cancelled:
                 throw HypervisorError.commandFailed(
                     command: "migrate-incoming", message: progress.error ?? "receiving the state \(progress.status.rawValue)")
-            case .postcopy:
-                // The guest runs here and pulls the rest: discarding it would lose the VM.
+            case .postcopy, .postcopyPaused:
+                // The guest runs here and pulls the rest (or waits for the source to resume the
+                // stream): discarding it would lose the VM.
                 deadline = ContinuousClock.now + .seconds(120)
                 await vm.waitForMigrationChange(upTo: .milliseconds(50))
             default:
@@ -308,6 +328,7 @@ extension VMHost {
         guard var record = try store.find(name) else { throw HostError.notFound(name) }
         incoming[name] = nil
         resumeOnArrival[name] = nil
+        receivingAt[name] = nil
         record.state = state
         record.reason = nil
         try store.save(record)
@@ -334,6 +355,7 @@ extension VMHost {
             }
             incoming[name] = nil
             resumeOnArrival[name] = nil
+            receivingAt[name] = nil
             discarding[name] = nil
         }
         discarding[name] = discard
@@ -524,6 +546,31 @@ extension VMHost {
         return stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFSOCK && access(path, R_OK | W_OK) == 0
     }
 
+    /// A post-copy stream that broke off (the guest runs on the destination, part of its memory
+    /// still here): the destination listens again and this side sends the rest. Tried again
+    /// every second for as long as the destination has to answer a step (`--peer-timeout`), the
+    /// destination possibly noticing the break later than this side.
+    /// Returns true, sending nothing, once `arrived` says the destination has all of the VM.
+    private func resumePostcopy(
+        _ name: String, _ vm: any VirtualMachineInstance, at destination: APIClient, arrived: () async -> Bool
+    ) async throws -> Bool {
+        let deadline = ContinuousClock.now + peerTimeout
+        var lastError: any Error = HypervisorError.timeout("the destination to take up the post-copy stream again")
+        while ContinuousClock.now < deadline {
+            if await arrived() { return true }
+            do {
+                let reply: IncomingMigrationReply = try await destination.post("/migrations/incoming/\(name)/recover")
+                try await vm.resumeMigration(to: reply.address)
+                return false
+            } catch {
+                lastError = error
+            }
+            try await Task.sleep(for: .seconds(1))
+        }
+        throw HypervisorError.commandFailed(
+            command: "migrate (resume)", message: "the post-copy stream broke off and could not be resumed: \(lastError)")
+    }
+
     /// Records in the VM's record the destination of the move underway (nil: none).
     private func recordMove(_ name: String, to destination: String?) {
         guard var record = try? store.find(name), record.movingTo != destination else { return }
@@ -610,6 +657,7 @@ extension VMHost {
         var confirmation: Task<IncomingMigrationFinish, any Error>?
         let finishPath = "/migrations/incoming/\(name)/finish"
         var setupPause = Duration.zero
+        var postcopyResumes = 0
         do {
             _ = try? await settingUp.value
             if abortRequested.contains(name) { throw Self.aborted }
@@ -621,14 +669,26 @@ extension VMHost {
                 // with the guest running, and a pre-copy doomed to need more passes is given up
                 // at once.
                 postcopyAfterPasses: exactPasses == nil ? 2 : 1,
-                giveUpAtPasses: request.parameters.postcopy ? nil : exactPasses
-            ) { progress in
-                // With exact tracking limited, only once the passes are known to be few enough.
-                if confirmation == nil, exactPasses.map({ progress.rounds <= $0 }) ?? true {
-                    confirmBegin = ContinuousClock.now
-                    confirmation = Task { try await destination.post(finishPath) }
-                }
-            }
+                giveUpAtPasses: request.parameters.postcopy ? nil : exactPasses,
+                onFinalPhase: { progress in
+                    // With exact tracking limited, only once the passes are known to be few enough.
+                    if confirmation == nil, exactPasses.map({ progress.rounds <= $0 }) ?? true {
+                        confirmBegin = ContinuousClock.now
+                        confirmation = Task { try await destination.post(finishPath) }
+                    }
+                },
+                onPostcopyPaused: {
+                    // The break may have come after the destination had every page, and said so.
+                    let told = confirmation
+                    let arrived = { () async -> Bool in
+                        guard let told else { return false }
+                        if case .success = await Self.result(of: told, within: .milliseconds(1)) { return true }
+                        return false
+                    }
+                    if try await self.resumePostcopy(name, vm, at: destination, arrived: arrived) { return true }
+                    postcopyResumes += 1
+                    return false
+                })
         } catch let inexact as InexactCopy {
             await cancelIfUnfinished(vm)
             try await discardInexactCopy(name, vm, at: destination, inexact)
@@ -692,12 +752,16 @@ extension VMHost {
         // 4. Only now does this host stop and forget its copy.
         forget(name, vm)
         let totalMs = milliseconds(clock.now - begin)
-        return MigrationReport(
+        var report = MigrationReport(
             vm: remote.vm, destination: request.destination, kind: request.parameters.live ? "live" : "non-live",
             totalMs: totalMs, prepareMs: milliseconds(transferBegin - begin), transferMs: transferMs, confirmMs: confirmMs,
             downtimeMs: transfer.running ? downtimeMs : 0, bytes: last.transferredBytes, rounds: last.rounds,
             throughputMiBps: transferMs > 0 ? Double(last.transferredBytes) / 1_048_576 / (Double(transferMs) / 1000) : 0,
             setupPauseMs: setupPause > .zero ? milliseconds(setupPause) : nil, stream: reply.address.streamDescription)
+        if postcopyResumes > 0 {
+            report.note = "the post-copy stream broke off \(postcopyResumes == 1 ? "once" : "\(postcopyResumes) times") and was resumed"
+        }
+        return report
     }
 
     /// Quick migration: save to a file in `directory` (which the destination must see too), restore
@@ -775,7 +839,8 @@ extension VMHost {
     /// stalls, or runs past its time limit.
     private func follow(
         _ name: String, _ vm: any VirtualMachineInstance, timeoutSeconds: Int?, postcopy: Bool,
-        postcopyAfterPasses: Int = 2, giveUpAtPasses: Int? = nil, onFinalPhase: (MigrationProgress) -> Void = { _ in }
+        postcopyAfterPasses: Int = 2, giveUpAtPasses: Int? = nil, onFinalPhase: (MigrationProgress) -> Void = { _ in },
+        onPostcopyPaused: () async throws -> Bool = { false }
     ) async throws -> MigrationProgress {
         let clock = ContinuousClock()
         let begin = clock.now
@@ -795,6 +860,11 @@ extension VMHost {
                 throw HypervisorError.commandFailed(command: "migrate", message: "cancelled")
             case .abandoned:
                 throw InexactCopy(passes: progress.rounds, exactPasses: hypervisor.exactLiveMigrationPasses ?? progress.rounds - 1)
+            case .postcopyPaused:
+                // Resumed (go on following), or the destination turned out to have it all.
+                if try await onPostcopyPaused() { return progress }
+                lastChange = clock.now
+                continue
             default: break
             }
             let now = clock.now

@@ -25,6 +25,9 @@ public actor VMHost {
     var incoming: [String: VMRecord?] = [:]
     /// Incoming migrations whose guest ran on the source (resumed here once arrived).
     var resumeOnArrival: [String: Bool] = [:]
+    /// Where each incoming migration's stream arrives (a post-copy stream that broke off is
+    /// taken up again the same way).
+    var receivingAt: [String: MigrationAddress] = [:]
     /// Incoming VMs being discarded: done once their hypervisor has ended and what was there
     /// before is back. A new incoming VM of the same name waits for this.
     var discarding: [String: Task<Void, Never>] = [:]

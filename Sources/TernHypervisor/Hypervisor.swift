@@ -80,6 +80,12 @@ public protocol VirtualMachineInstance: Sendable {
     /// Switches a running outgoing migration to post-copy (the guest continues on the
     /// destination while the rest of its memory follows).
     func switchToPostcopy() async throws
+    /// Receiving side of a post-copy stream that broke off: listens again at `address` for the
+    /// rest. Returns the address really listened on (TCP port 0 resolved).
+    func recoverIncoming(at address: MigrationAddress) async throws -> MigrationAddress
+    /// Sending side of a post-copy stream that broke off: connects to `address` (where the
+    /// destination listens again) and sends the rest.
+    func resumeMigration(to address: MigrationAddress) async throws
     /// When the hypervisor last stopped the vCPUs, in seconds since 1970 by its clock (nil: never
     /// seen). With ``lastResumed`` on the other side this gives a migration's real downtime.
     var lastStopped: Double? { get }

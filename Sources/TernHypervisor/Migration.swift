@@ -103,6 +103,9 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
 public struct MigrationProgress: Sendable, Equatable, Codable {
     public enum Status: String, Sendable, Codable {
         case none, setup, active, postcopy, completing, completed, failed, cancelled
+        /// A post-copy stream that broke off: the guest runs on the destination (stalled on
+        /// the memory it still lacks) until the stream is resumed.
+        case postcopyPaused = "postcopy-paused"
         /// Given up by the hypervisor just before its last pass, because the copy would have
         /// needed more passes than its tracking makes exact (``Hypervisor/exactLiveMigrationPasses``).
         /// The guest runs on at the source; the destination never got the end of the stream.

@@ -394,17 +394,32 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     public func switchToPostcopy() async throws { try await client.execute("migrate-start-postcopy") }
 
+    public func recoverIncoming(at address: MigrationAddress) async throws -> MigrationAddress {
+        try await listen(at: address, after: [QMPClient.Command("migrate-recover", ["uri": .string(address.qemuURI)])])
+    }
+
+    public func resumeMigration(to address: MigrationAddress) async throws {
+        try await client.execute("migrate", ["uri": .string(address.qemuURI), "resume": true])
+    }
+
     /// For a VM started with `-incoming defer`: sets the same capabilities as the sender and
     /// listens at `address`. Returns the address really listened on (TCP port 0 resolved).
     func receive(at address: MigrationAddress, parameters: MigrationParameters) async throws -> MigrationAddress {
         // Sent together: QEMU runs them in this order, so it listens with these capabilities.
-        let listen = Self.migrationSettings(parameters, outgoing: false)
-            + [QMPClient.Command("migrate-incoming", ["uri": .string(address.qemuURI)])]
+        try await listen(
+            at: address,
+            after: Self.migrationSettings(parameters, outgoing: false)
+                + [QMPClient.Command("migrate-incoming", ["uri": .string(address.qemuURI)])])
+    }
+
+    /// Sends `commands` (the last of which makes QEMU listen at `address`) and returns the
+    /// address QEMU really listens on.
+    private func listen(at address: MigrationAddress, after commands: [QMPClient.Command]) async throws -> MigrationAddress {
         guard case .tcp(let host, 0) = address else {
-            try await client.execute(inOrder: listen)
+            try await client.execute(inOrder: commands)
             return address
         }
-        let info = try await client.execute(inOrder: listen + [QMPClient.Command("query-migrate")])[listen.count]
+        let info = try await client.execute(inOrder: commands + [QMPClient.Command("query-migrate")])[commands.count]
         for socket in info["socket-address"]?.array ?? [] {
             if let port = socket["port"]?.string.flatMap({ Int($0) }) ?? socket["port"]?.int {
                 return .tcp(host: host, port: port)
@@ -436,6 +451,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             // No cap unless one is asked for (QEMU's own default is 32 MiB/s).
             let bandwidth = parameters.bandwidthMiBps.map { Double($0) * 1_048_576 } ?? Double(1 << 40)
             settings["max-bandwidth"] = .number(bandwidth)
+            // The cap holds in post-copy too (QEMU's own default there: none).
+            settings["max-postcopy-bandwidth"] = .number(parameters.bandwidthMiBps.map { Double($0) * 1_048_576 } ?? 0)
             // Set every time, like the capabilities.
             settings["downtime-limit"] = .number(Double(downtimeLimitMs))
         }
@@ -456,7 +473,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         switch info["status"]?.string ?? "none" {
         case "setup": status = .setup
         case "active", "pre-switchover", "wait-unplug": status = .active
-        case "postcopy-active", "postcopy-paused", "postcopy-recover": status = .postcopy
+        case "postcopy-active", "postcopy-recover": status = .postcopy
+        case "postcopy-paused": status = .postcopyPaused
         case "device", "cancelling": status = .completing
         case "completed": status = .completed
         case "failed": status = .failed

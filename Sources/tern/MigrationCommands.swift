@@ -165,6 +165,7 @@ struct Migrate: AsyncParsableCommand {
         if let expected = p.expectedDowntimeMs { text += ", expected downtime \(expected) ms" }
         text += ", round \(p.rounds)"
         if p.status == .postcopy { text += " (post-copy)" }
+        if p.status == .postcopyPaused { text += " (post-copy, the stream broke off: resuming it)" }
         return text
     }
 }

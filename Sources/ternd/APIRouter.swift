@@ -64,6 +64,9 @@ enum APIRouter {
         router.post("/migrations/incoming/{name}/finish") { _, context in
             try await host.finishIncoming(context.parameters.require("name"))
         }
+        router.post("/migrations/incoming/{name}/recover") { _, context in
+            try await host.recoverIncoming(context.parameters.require("name"))
+        }
         router.delete("/migrations/incoming/{name}") { _, context in
             try await host.abortIncoming(context.parameters.require("name"))
         }

@@ -441,14 +441,15 @@ import Glibc
     /// Starts a slow (capped) migration in the background and waits until the destination is
     /// receiving. Returns the running `tern migrate` and the receiving QEMU's pid.
     func startSlowMigration(
-        _ name: String, from a: TestDaemon, to b: TestDaemon, endpoint: String? = nil, _ options: [String] = []
+        _ name: String, from a: TestDaemon, to b: TestDaemon, endpoint: String? = nil, report: FileHandle? = nil,
+        _ options: [String] = []
     ) throws -> (Process, Pipe, Int32) {
         let process = Process()
         process.executableURL = packageRoot.appendingPathComponent(".build/debug/tern")
         process.arguments = ["migrate", name, "--to", endpoint ?? b.socket, "--bandwidth", "8", "--connect", a.socket] + options
         let pipe = Pipe()
         process.standardError = pipe
-        process.standardOutput = FileHandle.nullDevice
+        process.standardOutput = report ?? FileHandle.nullDevice
         try process.run()
         var pid: Int32?
         for _ in 0..<200 where pid == nil {
@@ -510,6 +511,42 @@ import Glibc
         let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
         #expect(cut.status == 0, "\(cut.err)")
         try expectStillOnSource("cut", a, b, process, pipe)
+    }
+
+    /// A post-copy stream cut off while the guest already runs on the destination (its memory
+    /// partly still on the source): the destination listens again, the source sends the rest,
+    /// and the VM arrives whole; the report says the stream was resumed.
+    @Test func aPostcopyStreamCutOffIsResumedAndTheVMArrives() throws {
+        let a = try TestDaemon()
+        defer { a.tearDown() }
+        let (b, endpoint) = try daemonOnTCP()
+        defer { b.tearDown() }
+        // Much memory rewritten, so that much of it is still to come once the guest runs there.
+        try boot("resumable", on: a, mode: "memtouch tern.dirty_mb=128", memoryMiB: 320)
+        let reportFile = a.stateDirectory.appendingPathComponent("report.txt")
+        _ = FileManager.default.createFile(atPath: reportFile.path, contents: nil)
+        let report = try FileHandle(forWritingTo: reportFile)
+        let (process, pipe, pid) = try startSlowMigration(
+            "resumable", from: a, to: b, endpoint: endpoint, report: report, ["--postcopy"])
+        let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
+        let port = try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
+        var postcopy = false
+        for _ in 0..<600 where !postcopy {
+            Thread.sleep(forTimeInterval: 0.1)
+            postcopy = try a.tern("domjobinfo", "resumable").out.contains("Job status:         postcopy")
+        }
+        try #require(postcopy, "the move never switched to post-copy")
+        Thread.sleep(forTimeInterval: 0.3)
+        let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
+        #expect(cut.status == 0 && cut.out.contains("ESTAB"), "nothing cut: \(cut.out) \(cut.err)")
+        process.waitUntilExit()
+        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 0, "\(err)")
+        let said = try String(contentsOf: reportFile, encoding: .utf8)
+        #expect(said.contains("the post-copy stream broke off once and was resumed"), "\(said)")
+        #expect(try state("resumable", on: b) == "running")
+        #expect(try state("resumable", on: a) == nil)
+        try expectContinuity("resumable", from: a, to: b)
     }
 
     /// A destination reached through its Unix socket whose own files the source cannot see (here:
