@@ -61,6 +61,26 @@ import Glibc
         return (try TestDaemon(extraArguments: ["--listen", "127.0.0.1:\(port)"]), "tcp://127.0.0.1:\(port)")
     }
 
+    /// Runs `body` with a source daemon and a destination named by its TCP endpoint (given too).
+    func withTCPDestination(_ body: (TestDaemon, TestDaemon, String) throws -> Void) throws {
+        let a = try TestDaemon()
+        defer { a.tearDown() }
+        let (b, endpoint) = try daemonOnTCP()
+        defer { b.tearDown() }
+        try body(a, b, endpoint)
+    }
+
+    /// The TCP port the process `pid` listens on.
+    func listeningPort(of pid: Int32) throws -> Substring {
+        let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
+        return try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
+    }
+
+    /// Kills every TCP connection to `port` (what `ss` printed of them).
+    func cutConnections(to port: Substring) throws -> ProgramRun {
+        try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
+    }
+
     /// Defines and starts a counting VM on `daemon` and waits until it counts.
     func boot(_ name: String, on daemon: TestDaemon, mode: String = "counter", cpu: String = "", memoryMiB: Int = 192) throws {
         let defined = try daemon.tern("define", "-", stdin: TestDaemon.domainXML(name: name, mode: mode, memoryMiB: memoryMiB, cpu: cpu))
@@ -499,54 +519,47 @@ import Glibc
     }
 
     @Test func cuttingTheConnectionDuringTheTransferLeavesTheVMOnItsSource() throws {
-        let a = try TestDaemon()
-        defer { a.tearDown() }
-        let (b, endpoint) = try daemonOnTCP()
-        defer { b.tearDown() }
-        try boot("cut", on: a)
-        let (process, pipe, pid) = try startSlowMigration("cut", from: a, to: b, endpoint: endpoint)
-        // The port the receiving QEMU listens on, then every connection to or from it, killed.
-        let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
-        let port = try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
-        let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
-        #expect(cut.status == 0, "\(cut.err)")
-        try expectStillOnSource("cut", a, b, process, pipe)
+        try withTCPDestination { a, b, endpoint in
+            try boot("cut", on: a)
+            let (process, pipe, pid) = try startSlowMigration("cut", from: a, to: b, endpoint: endpoint)
+            // The port the receiving QEMU listens on, then every connection to or from it, killed.
+            let cut = try cutConnections(to: try listeningPort(of: pid))
+            #expect(cut.status == 0, "\(cut.err)")
+            try expectStillOnSource("cut", a, b, process, pipe)
+        }
     }
 
     /// A post-copy stream cut off while the guest already runs on the destination (its memory
     /// partly still on the source): the destination listens again, the source sends the rest,
     /// and the VM arrives whole; the report says the stream was resumed.
     @Test func aPostcopyStreamCutOffIsResumedAndTheVMArrives() throws {
-        let a = try TestDaemon()
-        defer { a.tearDown() }
-        let (b, endpoint) = try daemonOnTCP()
-        defer { b.tearDown() }
-        // Much memory rewritten, so that much of it is still to come once the guest runs there.
-        try boot("resumable", on: a, mode: "memtouch tern.dirty_mb=128", memoryMiB: 320)
-        let reportFile = a.stateDirectory.appendingPathComponent("report.txt")
-        _ = FileManager.default.createFile(atPath: reportFile.path, contents: nil)
-        let report = try FileHandle(forWritingTo: reportFile)
-        let (process, pipe, pid) = try startSlowMigration(
-            "resumable", from: a, to: b, endpoint: endpoint, report: report, ["--postcopy"])
-        let listening = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-Hltnp"]).out.split(separator: "\n").first { $0.contains("pid=\(pid),") }
-        let port = try #require(listening?.split(separator: " ", omittingEmptySubsequences: true)[3].split(separator: ":").last)
-        var postcopy = false
-        for _ in 0..<600 where !postcopy {
-            Thread.sleep(forTimeInterval: 0.1)
-            postcopy = try a.tern("domjobinfo", "resumable").out.contains("Job status:         postcopy")
+        try withTCPDestination { a, b, endpoint in
+            // Much memory rewritten, so that much of it is still to come once the guest runs there.
+            try boot("resumable", on: a, mode: "memtouch tern.dirty_mb=128", memoryMiB: 320)
+            let reportFile = a.stateDirectory.appendingPathComponent("report.txt")
+            _ = FileManager.default.createFile(atPath: reportFile.path, contents: nil)
+            let report = try FileHandle(forWritingTo: reportFile)
+            let (process, pipe, pid) = try startSlowMigration(
+                "resumable", from: a, to: b, endpoint: endpoint, report: report, ["--postcopy"])
+            let port = try listeningPort(of: pid)
+            var postcopy = false
+            for _ in 0..<600 where !postcopy {
+                Thread.sleep(forTimeInterval: 0.1)
+                postcopy = try a.tern("domjobinfo", "resumable").out.contains("Job status:         postcopy")
+            }
+            try #require(postcopy, "the move never switched to post-copy")
+            Thread.sleep(forTimeInterval: 0.3)
+            let cut = try cutConnections(to: port)
+            #expect(cut.status == 0 && cut.out.contains("ESTAB"), "nothing cut: \(cut.out) \(cut.err)")
+            process.waitUntilExit()
+            let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus == 0, "\(err)")
+            let said = try String(contentsOf: reportFile, encoding: .utf8)
+            #expect(said.contains("the post-copy stream broke off once and was resumed"), "\(said)")
+            #expect(try state("resumable", on: b) == "running")
+            #expect(try state("resumable", on: a) == nil)
+            try expectContinuity("resumable", from: a, to: b)
         }
-        try #require(postcopy, "the move never switched to post-copy")
-        Thread.sleep(forTimeInterval: 0.3)
-        let cut = try runProgram(URL(fileURLWithPath: "/usr/bin/ss"), ["-K", "-tn", "dport", "=", ":\(port)"])
-        #expect(cut.status == 0 && cut.out.contains("ESTAB"), "nothing cut: \(cut.out) \(cut.err)")
-        process.waitUntilExit()
-        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(process.terminationStatus == 0, "\(err)")
-        let said = try String(contentsOf: reportFile, encoding: .utf8)
-        #expect(said.contains("the post-copy stream broke off once and was resumed"), "\(said)")
-        #expect(try state("resumable", on: b) == "running")
-        #expect(try state("resumable", on: a) == nil)
-        try expectContinuity("resumable", from: a, to: b)
     }
 
     /// A destination reached through its Unix socket whose own files the source cannot see (here:
@@ -675,10 +688,7 @@ import Glibc
     /// its copy, and the VM runs on here, its counter intact.
     @Test func aSourceDaemonRestartedMidMoveRunsTheVMAgainWhenTheDestinationNeverDid() throws {
         try withTwoDaemons(nil, nil) { a, b in
-            try boot("departed", on: a)
-            let (process, _, _) = try startSlowMigration("departed", from: a, to: b, ["--no-live"])
-            a.kill()
-            process.waitUntilExit()
+            try moveAndKillTheSourceDaemon("departed", from: a, to: b)
             try waitUntilSent("departed", from: a)
             let last = a.lastCounter("departed")
             try a.start()
@@ -695,10 +705,7 @@ import Glibc
     /// source's daemon died): restarted, the source learns the VM runs there and ends its own copy.
     @Test func aSourceDaemonRestartedMidMoveLetsGoOfAVMThatArrived() throws {
         try withTwoDaemons(nil, nil) { a, b in
-            try boot("arrived", on: a)
-            let (process, _, _) = try startSlowMigration("arrived", from: a, to: b, ["--no-live"])
-            a.kill()
-            process.waitUntilExit()
+            try moveAndKillTheSourceDaemon("arrived", from: a, to: b)
             let last = a.lastCounter("arrived")
             // What the source's daemon would have sent: the destination resumes the guest once the
             // rest of the state (which the source QEMU sends on its own) is in.
@@ -722,11 +729,8 @@ import Glibc
     /// it stays paused on the source, with the reason, until the user decides.
     @Test func aSourceDaemonRestartedMidMoveKeepsTheVMPausedWhenTheDestinationCannotSay() throws {
         try withTwoDaemons(nil, nil) { a, b in
-            try boot("unsure", on: a)
-            let (process, _, _) = try startSlowMigration("unsure", from: a, to: b, ["--no-live"])
-            a.kill()
+            try moveAndKillTheSourceDaemon("unsure", from: a, to: b)
             b.kill()
-            process.waitUntilExit()
             try waitUntilSent("unsure", from: a)
             try a.start()
             #expect(try waitForState("unsure", on: a, "paused"))
@@ -742,6 +746,15 @@ import Glibc
             #expect(try a.tern("resume", "unsure").status == 0)
             #expect(a.waitForConsole("unsure", "TERN-GUEST: counter \(last + 3)"))
         }
+    }
+
+    /// Boots `name` on `a`, starts a slow non-live move to `b`, and kills `a`'s daemon meanwhile
+    /// (its QEMU goes on sending); returns once `tern migrate` has given up.
+    func moveAndKillTheSourceDaemon(_ name: String, from a: TestDaemon, to b: TestDaemon) throws {
+        try boot(name, on: a)
+        let (process, _, _) = try startSlowMigration(name, from: a, to: b, ["--no-live"])
+        a.kill()
+        process.waitUntilExit()
     }
 
     /// Waits until the source QEMU of a move whose daemon died has sent all of the state.
