@@ -118,10 +118,10 @@ int tern_unix_connect(const char *path) {
     return fd;
 }
 
-// Waits until `fd` is readable, for at most `timeout_ms` (0: forever), looking at `*cancel`
-// every 100 ms. Returns 1 when readable, 0 on timeout (errno ETIMEDOUT), -1 on error or
-// cancellation (errno ECANCELED).
-static int wait_readable(int fd, int timeout_ms, const volatile int *cancel) {
+// Waits until `fd` is ready for `events` (POLLIN, POLLOUT), for at most `timeout_ms` (0:
+// forever), looking at `*cancel` every 100 ms. Returns 1 when ready, 0 on timeout (errno
+// ETIMEDOUT), -1 on error or cancellation (errno ECANCELED).
+static int wait_ready(int fd, short events, int timeout_ms, const volatile int *cancel) {
     int waited = 0;
     for (;;) {
         if (cancel && *cancel) {
@@ -130,7 +130,7 @@ static int wait_readable(int fd, int timeout_ms, const volatile int *cancel) {
         }
         int slice = 100;
         if (timeout_ms > 0 && timeout_ms - waited < slice) slice = timeout_ms - waited;
-        struct pollfd p = {.fd = fd, .events = POLLIN};
+        struct pollfd p = {.fd = fd, .events = events};
         int ready = poll(&p, 1, slice);
         if (ready < 0 && errno == EINTR) continue;
         if (ready < 0) return -1;
@@ -141,6 +141,10 @@ static int wait_readable(int fd, int timeout_ms, const volatile int *cancel) {
             return 0;
         }
     }
+}
+
+static int wait_readable(int fd, int timeout_ms, const volatile int *cancel) {
+    return wait_ready(fd, POLLIN, timeout_ms, cancel);
 }
 
 int tern_accept(int listener, int timeout_ms, const volatile int *cancel) {
@@ -191,9 +195,19 @@ tern_copy_result tern_copy(int in, int out, uint64_t limit, uint32_t crc, int id
             ssize_t put;
             do {
                 if (out_is_socket) {
-                    put = send(out, buffer + done, (size_t)got - done, MSG_NOSIGNAL);
+                    // Without blocking: a peer that stops reading is waited for as a silent
+                    // input is (the idle limit, the cancel flag).
+                    put = send(out, buffer + done, (size_t)got - done, MSG_NOSIGNAL | MSG_DONTWAIT);
                     if (put < 0 && errno == ENOTSOCK) {
                         out_is_socket = 0;
+                        put = -1;
+                        errno = EINTR;
+                    } else if (put < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                        int ready = wait_ready(out, POLLOUT, idle_timeout_ms, cancel);
+                        if (ready <= 0) {
+                            if (ready == 0) errno = ETIMEDOUT;
+                            break;
+                        }
                         put = -1;
                         errno = EINTR;
                     }

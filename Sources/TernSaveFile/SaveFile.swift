@@ -363,8 +363,9 @@ public struct SaveFileReader: Sendable {
 
     /// Connects to the hypervisor listening at `socket` and sends it the state stream, checking
     /// its CRC on the way. Throws ``SaveFileError/corrupt(path:what:)`` after sending when it does
-    /// not match: the receiver must then be discarded, never resumed.
-    public func sendStream(to socket: String, cancellation: CopyCancellation) async throws(SaveFileError) {
+    /// not match: the receiver must then be discarded, never resumed. Gives up when the
+    /// hypervisor takes nothing for `idleTimeout` seconds (it hangs), or when cancelled.
+    public func sendStream(to socket: String, idleTimeout: Int = 60, cancellation: CopyCancellation) async throws(SaveFileError) {
         try await withStream { fd, path, header in
             var connection: Int32 = -1
             for _ in 0..<100 {
@@ -374,7 +375,10 @@ public struct SaveFileReader: Sendable {
             }
             guard connection >= 0 else { return .io(path: socket, reason: "cannot reach the hypervisor: \(errnoText(errno))") }
             defer { close(connection) }
-            let copy = tern_copy(fd, connection, UInt64(header.streamLength), 0, 0, cancellation.flag)
+            let copy = tern_copy(fd, connection, UInt64(header.streamLength), 0, Int32(idleTimeout * 1000), cancellation.flag)
+            if copy.error == ETIMEDOUT && copy.failed_read == 0 {
+                return .io(path: socket, reason: "the hypervisor stopped taking the state (nothing taken for \(idleTimeout) s)")
+            }
             if copy.error != 0 {
                 let side = copy.failed_read != 0 ? "reading" : "sending to the hypervisor"
                 return .io(path: path, reason: "\(side): \(errnoText(copy.error))")

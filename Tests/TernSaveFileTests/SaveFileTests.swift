@@ -70,6 +70,23 @@ import Glibc
         #expect(received.bytes == stream)
     }
 
+    /// A hypervisor that connects and then takes nothing (it hangs) does not hold the sender
+    /// forever: after the idle limit it gives up and says why.
+    @Test func sendingGivesUpOnAHypervisorThatStopsTakingTheState() async throws {
+        // More than the socket buffers hold, so that the sender must wait for the reader.
+        let stream = (0..<16_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let reader = try SaveFileReader(path: try await write(stream: stream))
+        let socket = directory.appendingPathComponent("stuck.sock").path
+        let listener = tern_listen_for_test(socket)
+        defer { close(listener) }
+        do {
+            try await reader.sendStream(to: socket, idleTimeout: 1, cancellation: CopyCancellation())
+            Issue.record("sent \(stream.count) bytes to a reader that takes none")
+        } catch {
+            #expect("\(error)".contains("the hypervisor stopped taking the state (nothing taken for 1 s)"), "\(error)")
+        }
+    }
+
     @Test func refusesForeignFile() throws {
         let path = directory.appendingPathComponent("foreign").path
         try Data("QEVM\u{0}\u{0}\u{0}\u{3} this is a QEMU stream, not a Tern save file".utf8).write(to: URL(fileURLWithPath: path))

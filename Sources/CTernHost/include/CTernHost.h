@@ -36,8 +36,8 @@ typedef struct {
 } tern_copy_result;
 
 /// Copies from `in` to `out` until end of input or until `limit` bytes (0: no limit), computing
-/// the CRC-32C of what passed. A read that waits longer than `idle_timeout_ms` (0: forever)
-/// ends the copy with ETIMEDOUT. `*cancel` (may be NULL) is looked at every 100 ms and between
+/// the CRC-32C of what passed. A read, or a write to a socket, that waits longer than
+/// `idle_timeout_ms` (0: forever) ends the copy with ETIMEDOUT. `*cancel` (may be NULL) is looked at every 100 ms and between
 /// blocks: non-zero stops the copy with ECANCELED.
 tern_copy_result tern_copy(int in, int out, uint64_t limit, uint32_t crc, int idle_timeout_ms, const volatile int *cancel);
 
