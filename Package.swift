@@ -112,7 +112,7 @@ let package = Package(
             ]
         ),
         // Helpers for tests: running the built binaries, the test guest.
-        .target(name: "TernTestSupport", path: "Sources/TernTestSupport"),
+        .target(name: "TernTestSupport", dependencies: ["CTernHost"], path: "Sources/TernTestSupport"),
         // Runs the built `tern` as a user would.
         .testTarget(name: "TernCLITests", dependencies: ["tern", "TernTestSupport"]),
         // Boots real guests through `tern` and checks from inside them.

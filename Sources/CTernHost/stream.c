@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -116,6 +117,21 @@ int tern_unix_connect(const char *path) {
         return -1;
     }
     return fd;
+}
+
+int tern_tcp_free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t length = sizeof address;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&address, sizeof address) == 0 && getsockname(fd, (struct sockaddr *)&address, &length) == 0) {
+        port = ntohs(address.sin_port);
+    }
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return port;
 }
 
 // Waits until `fd` is ready for `events` (POLLIN, POLLOUT), for at most `timeout_ms` (0:

@@ -446,14 +446,9 @@ extension VMHost {
         _ name: String, _ vm: any VirtualMachineInstance, _ request: MigrateRequest, _ error: any Error
     ) async throws -> Never {
         migrations[name] = MigrationProgress(status: .failed, error: "\(error)")
-        try? await vm.pause()
+        await keepPaused(name, vm, reason: "post-copy to \(request.destination) interrupted; this copy is out of date")
         let state = "paused, and out of date: after the switch to post-copy the guest ran on \(request.destination), "
             + "part of its memory still here; it is never resumed here"
-        if var record = try? store.find(name), instances[name] != nil {
-            record.state = "paused"
-            record.reason = "post-copy to \(request.destination) interrupted; this copy is out of date"
-            try? store.save(record)
-        }
         throw HostError.migrationFailed(name: name, phase: "post-copy", reason: "\(error)", vmState: state)
     }
 
@@ -506,13 +501,8 @@ extension VMHost {
             report.note = "\(phase) failed (\(reason)), but \(request.destination) has the VM \(arrived.state): it is there now"
             return report
         case .unknown(let why):
-            try? await vm.pause()
-            let advice = "check there; only if it does not run it, 'tern resume \(name)' here"
-            if var record = try? store.find(name), instances[name] != nil {
-                record.state = "paused"
-                record.reason = "moving to \(request.destination) failed; whether it runs there is not known: \(advice)"
-                try? store.save(record)
-            }
+            let advice = Self.resumeAdvice(name)
+            await keepPaused(name, vm, reason: "moving to \(request.destination) failed; whether it runs there is not known: \(advice)")
             throw HostError.migrationFailed(
                 name: name, phase: phase, reason: reason,
                 vmState: "paused, because whether \(request.destination) runs it could not be learned (\(why)): \(advice)")
@@ -542,8 +532,8 @@ extension VMHost {
     /// Whether this process (and so the hypervisor it starts, as the same user in the same mount
     /// namespace) can connect to the Unix socket at `path`.
     static func canConnect(toSocket path: String) -> Bool {
-        var status = stat()
-        return stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFSOCK && access(path, R_OK | W_OK) == 0
+        let type = (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType
+        return type == .typeSocket && FileManager.default.isWritableFile(atPath: path)
     }
 
     /// A post-copy stream that broke off (the guest runs on the destination, part of its memory
@@ -609,14 +599,24 @@ extension VMHost {
                 try? store.save(record)
             }
         case .unknown(let why):
-            try? await vm.pause()
-            if var record = try? store.find(name), instances[name] != nil {
-                record.state = "paused"
-                record.reason = "\(interrupted), and whether it runs there could not be learned (\(why)): check there; "
-                    + "only if it does not run it, 'tern resume \(name)' here"
-                try? store.save(record)
-            }
+            await keepPaused(
+                name, vm, reason: "\(interrupted), and whether it runs there could not be learned (\(why)): \(Self.resumeAdvice(name))")
         }
+    }
+
+    /// Pauses a VM whose whereabouts a move left in doubt, and records it as paused with the
+    /// reason (unless its hypervisor ended meanwhile): it never runs twice.
+    private func keepPaused(_ name: String, _ vm: any VirtualMachineInstance, reason: String) async {
+        try? await vm.pause()
+        guard var record = try? store.find(name), instances[name] != nil else { return }
+        record.state = "paused"
+        record.reason = reason
+        try? store.save(record)
+    }
+
+    /// What the user of a VM paused in doubt should do.
+    static func resumeAdvice(_ name: String) -> String {
+        "check there; only if it does not run it, 'tern resume \(name)' here"
     }
 
     /// One attempt at moving the VM over a migration stream.

@@ -1,3 +1,4 @@
+import CTernHost
 import Foundation
 
 #if canImport(Glibc)
@@ -148,16 +149,7 @@ public struct DaemonError: Error, CustomStringConvertible {
 
 /// A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick), for a daemon's `--listen`.
 public func freeTCPPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw DaemonError(message: "socket: errno \(errno)") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw DaemonError(message: "bind: errno \(errno)") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    let port = tern_tcp_free_port()
+    guard port > 0 else { throw DaemonError(message: "no free TCP port: errno \(errno)") }
+    return Int(port)
 }

@@ -19,6 +19,9 @@ int tern_unix_listen(const char *path);
 /// Connects a unix stream socket to `path`. Returns the descriptor, or -1 with errno set.
 int tern_unix_connect(const char *path);
 
+/// A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick), or -1 with errno set.
+int tern_tcp_free_port(void);
+
 /// Accepts one connection on a listening socket, waiting at most `timeout_ms` milliseconds and
 /// giving up when `*cancel` becomes non-zero (looked at every 100 ms; `cancel` may be NULL).
 /// Returns the connection's descriptor, or -1 with errno set (ETIMEDOUT, ECANCELED).
