@@ -558,7 +558,7 @@ extension VMHost {
             try await Task.sleep(for: .seconds(1))
         }
         throw HypervisorError.commandFailed(
-            command: "migrate (resume)", message: "the post-copy stream broke off and could not be resumed: \(lastError)")
+            command: "migrate", message: "the post-copy stream broke off and could not be resumed: \(lastError)")
     }
 
     /// Records in the VM's record the destination of the move underway (nil: none).
