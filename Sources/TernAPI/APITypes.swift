@@ -17,8 +17,11 @@ import TernHypervisor
 /// | POST | /restore | `RestoreRequest` → `RestoreReport` |
 /// | POST | /vms/{name}/migrate | `MigrateRequest` → `MigrationReport` (this daemon is the source) |
 /// | GET | /vms/{name}/migration | → `MigrationProgress` (the current or last migration) |
+/// | POST | /vms/{name}/migration/abort | → `MigrationProgress` (domjobabort: the save or move is cancelled) |
+/// | POST | /migrations/check | `VMTransfer` → `IncomingCheckReply` (destination: the gate alone, nothing prepared) |
 /// | POST | /migrations/incoming | `IncomingMigrationRequest` → `IncomingMigrationReply` (destination: gate, then prepare) |
 /// | POST | /migrations/incoming/{name}/finish | → `IncomingMigrationFinish` (destination: the state is in, the guest runs) |
+/// | POST | /migrations/incoming/{name}/recover | → `IncomingMigrationReply` (destination: listen again for a post-copy stream that broke off) |
 /// | DELETE | /migrations/incoming/{name} | → `VMInfo` (destination: abort, nothing kept) |
 public enum API {
     /// The API's version, in every response's `Tern-API` header.
@@ -315,6 +318,18 @@ public struct IncomingMigrationRequest: Codable, Sendable {
 public struct IncomingMigrationReply: Codable, Sendable {
     public var address: MigrationAddress
     public init(address: MigrationAddress) { self.address = address }
+}
+
+/// Destination → source: a VM like this one may come here (the processor compatibility check
+/// passed and its name is free); nothing was prepared. A refusal is an error instead.
+public struct IncomingCheckReply: Codable, Sendable {
+    public var name: String
+    /// The destination, as save files and migration requests record a host.
+    public var host: HostFingerprint
+    public init(name: String, host: HostFingerprint) {
+        self.name = name
+        self.host = host
+    }
 }
 
 /// Destination → source: the VM is in and runs (or stays paused, as it was).

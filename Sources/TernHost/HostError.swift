@@ -16,6 +16,8 @@ public enum HostError: Error, Sendable, CustomStringConvertible {
     case migrationFailed(name: String, phase: String, reason: String, vmState: String)
     /// A save file's content (not its format) is unusable.
     case badSaveFile(path: String, reason: String)
+    /// A request this daemon cannot act on as given (the message says what to change).
+    case badRequest(String)
 
     public var description: String {
         switch self {
@@ -29,6 +31,7 @@ public enum HostError: Error, Sendable, CustomStringConvertible {
         case let .migrationFailed(name, phase, reason, vmState):
             "moving VM '\(name)' failed during \(phase): \(reason); the VM is \(vmState) on the source"
         case let .badSaveFile(path, reason): "\(path): \(reason)"
+        case let .badRequest(message): message
         }
     }
 }

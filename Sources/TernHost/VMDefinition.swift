@@ -58,12 +58,23 @@ public struct VMDefinition: Sendable, Equatable {
     /// The same definition under another name (its XML changed to match).
     public func renamed(_ newName: String) throws -> VMDefinition {
         guard newName != name else { return self }
+        try Self.checkName(newName)
         guard let range = xml.range(of: "<name>\(name)</name>") ?? xml.range(of: "<name>") else {
             throw VMDefinitionError.invalid("no <name> element")
         }
         var text = xml
         text.replaceSubrange(range, with: "<name>\(newName)</name>")
         return try VMDefinition(xml: text)
+    }
+
+    /// A VM's name names its directory under the daemon's state directory too: letters, digits,
+    /// '-', '_' and '.', not starting with '.' (so never '.', '..' or a hidden file).
+    static func checkName(_ name: String) throws {
+        guard !name.isEmpty else { throw VMDefinitionError.invalid("<name> is missing") }
+        guard name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }), name.count <= 64 else {
+            throw VMDefinitionError.invalid("name '\(name)' may use only letters, digits, '-', '_' and '.' (64 at most)")
+        }
+        guard !name.hasPrefix(".") else { throw VMDefinitionError.invalid("name '\(name)' may not begin with '.'") }
     }
 
     /// Reads a domain definition.
@@ -79,9 +90,7 @@ public struct VMDefinition: Sendable, Equatable {
         }
         guard root.name == "domain" else { throw VMDefinitionError.invalid("expected <domain>, found <\(root.name)>") }
         guard let name = root.childText("name"), !name.isEmpty else { throw VMDefinitionError.invalid("<name> is missing") }
-        guard name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }), name.count <= 64 else {
-            throw VMDefinitionError.invalid("name '\(name)' may use only letters, digits, '-', '_' and '.' (64 at most)")
-        }
+        try Self.checkName(name)
         self.name = name
         self.xml = xml
         guard let memoryNode = root.child(named: "memory") else { throw VMDefinitionError.invalid("<memory> is missing") }

@@ -34,6 +34,14 @@ extension VMHost {
         return (definition, cpu)
     }
 
+    /// The gate alone, for a VM that would come here later (a quick migration asks before it
+    /// saves): the compatibility check, and that no VM here has its name. Nothing is prepared.
+    public func checkIncoming(_ transfer: VMTransfer) throws -> IncomingCheckReply {
+        _ = try admit(transfer, as: transfer.name)
+        if (try? find(transfer.name)) != nil { throw HostError.alreadyExists(transfer.name) }
+        return IncomingCheckReply(name: transfer.name, host: fingerprint())
+    }
+
     /// This host as save files and migration requests record it.
     func fingerprint() -> HostFingerprint {
         let host = capabilities.host.cpu
@@ -58,9 +66,17 @@ extension VMHost {
 
     /// Writes a running or paused VM's state to `path` (see `TernSaveFile` for the format), then
     /// stops it here. On any failure the partial file is removed and the VM goes on as it was.
+    /// Paths in a request are opened by this daemon, which does not run where its client does.
+    static func requireAbsolute(_ path: String, _ what: String) throws {
+        guard path.hasPrefix("/") else {
+            throw HostError.badRequest("\(what) '\(path)' must be absolute: this daemon does not run where you do")
+        }
+    }
+
     public func save(_ name: String, to path: String) async throws -> SaveReport {
         let clock = ContinuousClock()
         let begin = clock.now
+        try Self.requireAbsolute(path, "the save file's path")
         var (record, vm) = try running(name, action: "save")
         let transfer = try transfer(record)
         moving.insert(name)
@@ -105,6 +121,7 @@ extension VMHost {
     public func restore(_ request: RestoreRequest) async throws -> RestoreReport {
         let clock = ContinuousClock()
         let begin = clock.now
+        try Self.requireAbsolute(request.path, "the save file's path")
         let reader = try SaveFileReader(path: request.path)
         let transfer: VMTransfer
         do {
@@ -378,9 +395,11 @@ extension VMHost {
         let (record, vm) = try running(name, action: "migrate")
         let transfer = try transfer(record)
         let endpoint = try APIClient.Endpoint(request.destination)
+        if case .unixSocket(let socket) = endpoint { try Self.requireAbsolute(socket, "the destination's socket path") }
         if let directory = request.quickDirectory {
-            // A restore takes as long as its file does to read.
-            return try await quickMigrate(name, to: APIClient(endpoint: endpoint), request: request, through: directory, begin: begin)
+            try Self.requireAbsolute(directory, "the quick migration's directory")
+            return try await quickMigrate(
+                name, to: APIClient(endpoint: endpoint, timeout: peerTimeout), request: request, through: directory, begin: begin)
         }
         // Each of the destination's steps is bounded (its wait for the state: 120 s); past this, a
         // silent destination (a host gone, a link half-open) counts as not answering.
@@ -770,6 +789,14 @@ extension VMHost {
     private func quickMigrate(
         _ name: String, to destination: APIClient, request: MigrateRequest, through directory: String, begin: ContinuousClock.Instant
     ) async throws -> MigrationReport {
+        // The destination's gate first, so that a move it refuses stops nothing here.
+        let record = try find(name)
+        do {
+            let _: IncomingCheckReply = try await destination.post("/migrations/check", body: try transfer(record))
+        } catch {
+            throw HostError.migrationFailed(
+                name: name, phase: "the compatibility check on \(request.destination)", reason: "\(error)", vmState: record.state)
+        }
         let path = URL(fileURLWithPath: directory).appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8)).ternsave").path
         let saved = try await save(name, to: path)
         // Shut off here until it runs there: nothing starts it meanwhile.
@@ -777,7 +804,9 @@ extension VMHost {
         defer { moving.remove(name) }
         let restored: RestoreReport
         do {
-            restored = try await destination.post("/restore", body: RestoreRequest(path: path))
+            // A restore takes as long as its file does to read: no time limit on the answer.
+            let restoring = APIClient(endpoint: destination.endpoint)
+            restored = try await restoring.post("/restore", body: RestoreRequest(path: path))
         } catch {
             let failed = { (state: String) in
                 HostError.migrationFailed(name: name, phase: "restore on \(request.destination)", reason: "\(error)", vmState: state)

@@ -135,6 +135,12 @@ public final class TestDaemon: @unchecked Sendable {
         return false
     }
 
+    /// The pid of a VM's hypervisor process, as `dominfo --json` gives it.
+    public func hypervisorPID(_ name: String) throws -> Int32? {
+        try tern("dominfo", name, "--json").out.split(separator: "\n").first { $0.contains("\"pid\"") }
+            .flatMap { Int32($0.filter(\.isNumber)) }
+    }
+
     /// The highest `TERN-GUEST: counter N` the VM printed so far.
     public func lastCounter(_ name: String) -> Int {
         TestGuest.numbers(after: "counter ", in: consoleLog(name)).max() ?? 0

@@ -110,6 +110,10 @@ struct Migrate: AsyncParsableCommand {
     func validate() throws {
         if let connections, !(1...16).contains(connections) { throw ValidationError("--connections must be 1 to 16") }
         if let timeout, timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
+        if quick != nil, postcopy || autoConverge || maxDowntime != nil || bandwidth != nil || connections != nil || timeout != nil {
+            throw ValidationError(
+                "--quick saves the VM to a file and restores it there: --postcopy, --auto-converge, --max-downtime, --bandwidth, --connections and --timeout do not apply")
+        }
         if !live, postcopy || autoConverge || maxDowntime != nil || quick != nil {
             throw ValidationError(
                 "--no-live pauses the guest for the whole transfer: --postcopy, --auto-converge, --max-downtime and --quick do not apply")
@@ -118,8 +122,11 @@ struct Migrate: AsyncParsableCommand {
 
     func run() async throws {
         let client = try connection.client()
+        // A socket path is the daemon's to open: relative to where this command runs, made whole.
+        var destination = to
+        if case .unixSocket(let socket) = try APIClient.Endpoint(to) { destination = absolutePath(socket) }
         let request = MigrateRequest(
-            destination: to,
+            destination: destination,
             parameters: MigrationParameters(
                 maxDowntimeMs: maxDowntime, bandwidthMiBps: bandwidth, connections: connections, autoConverge: autoConverge,
                 postcopy: postcopy, live: live),

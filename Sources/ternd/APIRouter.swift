@@ -16,6 +16,8 @@ extension RestoreRequest: ResponseCodable {}
 extension RestoreReport: ResponseCodable {}
 extension MigrateRequest: ResponseCodable {}
 extension MigrationReport: ResponseCodable {}
+extension VMTransfer: ResponseCodable {}
+extension IncomingCheckReply: ResponseEncodable {}
 extension MigrationProgress: ResponseEncodable {}
 extension IncomingMigrationRequest: ResponseCodable {}
 extension IncomingMigrationReply: ResponseCodable {}
@@ -58,6 +60,9 @@ enum APIRouter {
         router.get("/vms/{name}/migration") { _, context in try await host.migrationProgress(context.parameters.require("name")) }
         router.post("/vms/{name}/migration/abort") { _, context in try await host.abortJob(context.parameters.require("name")) }
         // … and as the destination.
+        router.post("/migrations/check") { request, context -> IncomingCheckReply in
+            try await host.checkIncoming(try await request.decode(as: VMTransfer.self, context: context))
+        }
         router.post("/migrations/incoming") { request, context -> IncomingMigrationReply in
             try await host.prepareIncoming(try await request.decode(as: IncomingMigrationRequest.self, context: context))
         }
@@ -99,6 +104,7 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .incompatibleCPU: return (.unprocessableContent, "incompatible-cpu")
             case .migrationFailed: return (.badGateway, "migration-failed")
             case .badSaveFile: return (.badRequest, "bad-save-file")
+            case .badRequest: return (.badRequest, "bad-request")
             }
         case is SaveFileError: return (.badRequest, "bad-save-file")
         case is VMDefinitionError: return (.badRequest, "invalid-definition")

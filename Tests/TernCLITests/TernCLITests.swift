@@ -76,6 +76,16 @@ let malformed = "Tests/TernCPUTests/Fixtures/malformed"
         #expect(run.err.contains("--no-live pauses the guest for the whole transfer"), "\(run.err)")
     }
 
+    /// Nor do they, or a time limit, apply to a quick migration (a save and a restore).
+    @Test(arguments: [
+        ["--postcopy"], ["--auto-converge"], ["--max-downtime", "100"], ["--bandwidth", "8"], ["--connections", "2"], ["--timeout", "5"],
+    ])
+    func quickRefusesOptionsOfALiveTransfer(extra: [String]) throws {
+        let run = try tern(arguments: ["migrate", "vm", "--to", "/nonexistent.sock", "--quick", "/tmp"] + extra)
+        #expect(run.status != 0)
+        #expect(run.err.contains("--quick saves the VM to a file and restores it there"), "\(run.err)")
+    }
+
     @Test func cpuidInCompatibilityModeShowsAnEightByteCLFLUSHLine() throws {
         let run = try tern("cpuid", "--host", "\(dumps)/Xeon-Gold-6148.xml", "--compat", "--json")
         #expect(run.status == 0)

@@ -60,6 +60,8 @@ import Testing
         ("<domain><memory>1</memory></domain>", "<name> is missing"),
         ("<vm/>", "expected <domain>"),
         ("<domain><name>a b</name><memory>1</memory><os><kernel>/k</kernel></os></domain>", "may use only letters"),
+        ("<domain><name>..</name><memory>1</memory><os><kernel>/k</kernel></os></domain>", "may not begin with '.'"),
+        ("<domain><name>.</name><memory>1</memory><os><kernel>/k</kernel></os></domain>", "may not begin with '.'"),
         ("<domain><name>a</name><os><kernel>/k</kernel></os></domain>", "<memory> is missing"),
         ("<domain><name>a</name><memory unit='parsecs'>1</memory><os><kernel>/k</kernel></os></domain>", "not a known unit"),
         ("<domain><name>a</name><memory>1024</memory></domain>", "nothing to boot"),
@@ -77,5 +79,13 @@ import Testing
         } throws: { error in
             "\(error)".contains(message)
         }
+    }
+
+    /// A new name (`tern restore FILE --name`, an incoming move's) names a directory too.
+    @Test(arguments: ["..", ".", ".hidden", "a/b", "x</name><name>y"])
+    func refusesANewNameThatIsNotAName(name: String) throws {
+        let vm = try VMDefinition(xml: domain(""))
+        #expect(throws: VMDefinitionError.self) { try vm.renamed(name) }
+        #expect(try vm.renamed("vm-2.copy").name == "vm-2.copy")
     }
 }

@@ -1,5 +1,6 @@
 import CTernHost
 import Foundation
+import TernAPI
 import TernTestSupport
 import Testing
 
@@ -9,12 +10,6 @@ import Testing
 
     func define(_ daemon: TestDaemon, _ xml: String) throws -> ProgramRun {
         try daemon.tern("define", "-", stdin: xml)
-    }
-
-    /// The pid of a VM's hypervisor process, as `dominfo --json` gives it.
-    func hypervisorPID(_ daemon: TestDaemon, _ name: String) throws -> Int32? {
-        try daemon.tern("dominfo", name, "--json").out.split(separator: "\n").first { $0.contains("\"pid\"") }
-            .flatMap { Int32($0.filter(\.isNumber)) }
     }
 
     @Test func defineStartInspectAndStopAVM() throws {
@@ -60,11 +55,11 @@ import Testing
         _ = try define(daemon, TestDaemon.domainXML(name: "idle"))
         #expect(try daemon.tern("start", "survivor").status == 0)
         #expect(daemon.waitForConsole("survivor", "TERN-GUEST: counter 2"))
-        let before = try hypervisorPID(daemon, "survivor")
+        let before = try daemon.hypervisorPID("survivor")
         daemon.kill()
         try daemon.start()
         #expect(try daemon.tern("dominfo", "survivor", "--json").out.contains("\"state\" : \"running\""))
-        let after = try hypervisorPID(daemon, "survivor")
+        let after = try daemon.hypervisorPID("survivor")
         #expect(before != nil && before == after)
         #expect(try daemon.tern("list").out.contains("idle"))
         let counter = daemon.lastCounter("survivor")
@@ -79,7 +74,7 @@ import Testing
         _ = try define(daemon, TestDaemon.domainXML(name: "lost"))
         #expect(try daemon.tern("start", "lost").status == 0)
         #expect(daemon.waitForConsole("lost", "TERN-GUEST: counter 1"))
-        let pid = try hypervisorPID(daemon, "lost")
+        let pid = try daemon.hypervisorPID("lost")
         #expect(pid != nil)
         daemon.kill()
         if let pid { kill(pid, SIGKILL) }
@@ -96,7 +91,7 @@ import Testing
         _ = try define(daemon, TestDaemon.domainXML(name: "ended"))
         #expect(try daemon.tern("start", "ended").status == 0)
         #expect(daemon.waitForConsole("ended", "TERN-GUEST: counter 1"))
-        let pid = try #require(try hypervisorPID(daemon, "ended"))
+        let pid = try #require(try daemon.hypervisorPID("ended"))
         kill(pid, SIGTERM)
         var info = ""
         for _ in 0..<100 where !info.contains("crashed") {
@@ -127,7 +122,7 @@ import Testing
         #expect(try daemon.tern("dominfo", "bystander").out.contains("running"))
     }
 
-    @Test func badInputIsRefusedAndNothingElseIsDisturbed() throws {
+    @Test func badInputIsRefusedAndNothingElseIsDisturbed() async throws {
         let daemon = try TestDaemon()
         defer { daemon.tearDown() }
         _ = try define(daemon, TestDaemon.domainXML(name: "steady"))
@@ -157,6 +152,18 @@ import Testing
         _ = try define(daemon, TestDaemon.domainXML(name: "haswell", cpu: "<cpu><model>Haswell-noTSX</model></cpu>"))
         let cpu = try daemon.tern("start", "haswell")
         #expect(cpu.status != 0 && cpu.err.contains("missing features") && cpu.err.contains("x2apic"), "\(cpu.err)")
+
+        // A name is a directory under the state directory too.
+        let dots = try define(daemon, TestDaemon.domainXML(name: ".."))
+        #expect(dots.status != 0 && dots.err.contains("may not begin with '.'"), "\(dots.err)")
+        // Paths are the daemon's to open: the CLI makes a relative one whole, and the API refuses one.
+        let relative = try daemon.tern("migrate", "steady", "--to", "nowhere/ternd.sock")
+        let whole = FileManager.default.currentDirectoryPath + "/nowhere/ternd.sock"
+        #expect(relative.status != 0 && relative.err.contains(whole), "\(relative.err)")
+        let api = APIClient(endpoint: .unixSocket(daemon.socket))
+        await #expect {
+            let _: SaveReport = try await api.post("/vms/steady/save", body: SaveRequest(path: "steady.tern"))
+        } throws: { "\($0)".contains("'steady.tern' must be absolute") }
 
         // After all that, the daemon and its running VM are fine.
         let counter = daemon.lastCounter("steady")

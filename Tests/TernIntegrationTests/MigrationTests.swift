@@ -448,6 +448,25 @@ import Glibc
         #expect(run.err.contains("moving between vendors is never allowed"), "\(run.err)")
         #expect(try state("intel-vm", on: intel) == "running")
         #expect(try state("intel-vm", on: amd) == nil)
+        // Nor by a quick migration, whose refusal comes before anything is saved.
+        let shared = intel.stateDirectory.appendingPathComponent("shared")
+        try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
+        let pid = try intel.hypervisorPID("intel-vm")
+        let quick = try migrate("intel-vm", from: intel, to: amd, "--quick", shared.path)
+        #expect(quick.status != 0)
+        #expect(quick.err.contains("compatibility check") && quick.err.contains("moving between vendors is never allowed"), "\(quick.err)")
+        #expect(try state("intel-vm", on: intel) == "running")
+        #expect(try intel.hypervisorPID("intel-vm") == pid, "the VM was saved and restored all the same")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: shared.path).isEmpty)
+        let counted = intel.lastCounter("intel-vm")
+        #expect(intel.waitForConsole("intel-vm", "TERN-GUEST: counter \(counted + 2)"), "the VM stopped counting")
+        // Nor the other way, with the host's own CPU.
+        try boot("amd-vm", on: amd)
+        let back = try migrate("amd-vm", from: amd, to: intel)
+        #expect(back.status != 0 && back.err.contains("moving between vendors is never allowed"), "\(back.err)")
+        #expect(try state("amd-vm", on: amd) == "running")
+        #expect(try state("amd-vm", on: intel) == nil)
+        _ = try amd.tern("destroy", "amd-vm")
         // Nor through a save file.
         let file = intel.stateDirectory.appendingPathComponent("intel.ternsave").path
         #expect(try intel.tern("save", "intel-vm", file).status == 0)
