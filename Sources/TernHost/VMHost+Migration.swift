@@ -266,6 +266,21 @@ extension VMHost {
             reason: "incoming migration aborted", lastConsoleLines: nil)
     }
 
+    /// `tern destroy` on a VM still receiving its state (its source gone, say): discarded as its
+    /// source would have it discarded, and the source's move then fails with its VM still there.
+    /// Not once the guest runs here, in post-copy or arriving: this is then its only running copy.
+    func destroyIncoming(_ name: String) async throws -> VMInfo {
+        let status = try? await instances[name]?.migrationProgress().status
+        if finishing[name] != nil || status == .postcopy || status == .postcopyPaused {
+            let state = finishing[name] != nil ? "arriving" : "running here in post-copy, part of its memory still on its source"
+            throw HostError.invalidState(name: name, state: state, action: "destroy")
+        }
+        _ = try await abortIncoming(name)
+        return (try? store.find(name)).flatMap { $0.map(info) } ?? VMInfo(
+            name: name, state: "undefined", vcpus: 0, memoryMiB: 0, cpu: nil, pid: nil, consoleLog: "", consoleSocket: "",
+            reason: "its incoming migration was discarded ('tern destroy')", lastConsoleLines: nil)
+    }
+
     /// Starts the VM that receives `name`'s state, recording it as incoming (a VM of that name
     /// that is shut off here is replaced only once the VM has arrived).
     private func receive(

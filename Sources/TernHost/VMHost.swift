@@ -219,6 +219,7 @@ public actor VMHost {
 
     /// Ends a VM at once.
     public func destroy(_ name: String) async throws -> VMInfo {
+        if incoming[name] != nil { return try await destroyIncoming(name) }
         let (_, vm) = try running(name, action: "destroy")
         destroying.insert(name)
         try await vm.destroy()

@@ -151,7 +151,12 @@ import Glibc
             #expect(run.out.contains("downtime") && run.out.contains("transferred"))
             // Both daemons on this machine, named by their Unix sockets: the stream takes one too.
             #expect(run.out.contains("stream       unix \(b.stateDirectory.path)/vms/mover/incoming.sock"), "\(run.out)")
-            #expect(run.err.contains("Migration: ["), "no progress shown: \(run.err)")
+            // Progress as `virsh migrate --verbose` shows it, with what was sent, what is left,
+            // the rate, the guest's dirty rate and the pass (the final "[100 %]" line aside).
+            let progress = run.err.split(separator: "\n").filter { $0.hasPrefix("Migration: [") && !$0.contains("[100 %]") }
+            #expect(
+                progress.contains { $0.contains(" MiB sent, ") && $0.contains(" MiB left, ") && $0.contains(" MiB/s, dirtying ") && $0.contains(", round ") },
+                "no progress shown: \(run.err)")
             #expect(try state("mover", on: b) == "running")
             #expect(try state("mover", on: a) == nil, "the source still has the VM")
             try expectContinuity("mover", from: a, to: b)
@@ -534,6 +539,28 @@ import Glibc
             let (process, pipe, pid) = try startSlowMigration("survivor", from: a, to: b)
             kill(pid, SIGKILL)
             try expectStillOnSource("survivor", a, b, process, pipe)
+        }
+    }
+
+    /// `tern destroy` on the destination, on a VM still receiving its state (as for one whose
+    /// source has gone): discarded there, and the move fails with the VM on its source.
+    @Test func destroyingAnIncomingVMLeavesTheVMOnItsSource() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("unwanted", on: a)
+            let (process, pipe, _) = try startSlowMigration("unwanted", from: a, to: b)
+            let destroy = try b.tern("destroy", "unwanted")
+            #expect(destroy.status == 0, "\(destroy.err)")
+            try expectStillOnSource("unwanted", a, b, process, pipe)
+        }
+    }
+
+    /// A move that runs past `--timeout` gives up, with the VM on its source.
+    @Test func aMovePastItsTimeoutLeavesTheVMOnItsSource() throws {
+        try withTwoDaemons(nil, nil) { a, b in
+            try boot("patient", on: a)
+            let (process, pipe, _) = try startSlowMigration("patient", from: a, to: b, ["--timeout", "2"])
+            let err = try expectStillOnSource("patient", a, b, process, pipe)
+            #expect(err.contains("--timeout 2 s"), "\(err)")
         }
     }
 
