@@ -116,6 +116,6 @@ let package = Package(
         // Runs the built `tern` as a user would.
         .testTarget(name: "TernCLITests", dependencies: ["tern", "TernTestSupport"]),
         // Boots real guests through `tern` and checks from inside them.
-        .testTarget(name: "TernIntegrationTests", dependencies: ["tern", "TernCPU", "TernAPI", "TernTestSupport", "CTernHost"]),
+        .testTarget(name: "TernIntegrationTests", dependencies: ["tern", "TernCPU", "TernAPI", "TernHypervisor", "TernSaveFile", "TernTestSupport", "CTernHost"]),
     ]
 )

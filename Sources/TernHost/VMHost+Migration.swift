@@ -313,11 +313,17 @@ extension VMHost {
             record.pid = vm.pid
             try store.save(record)
             watch(name, vm)
-            // A source that never finishes (it died, or the link did) must not leave this VM behind.
+            // A source that never finishes (it died, or the link did) must not leave this VM behind;
+            // one that never even starts the stream (it died after preparing) not for long either.
             let limit = timeoutSeconds.map { $0 + 30 } ?? 24 * 3600
             Task {
                 try? await Task.sleep(for: .seconds(limit))
                 await self.discardIncomingIfStill(name, pid: vm.pid)
+            }
+            let unstarted = peerTimeout
+            Task {
+                try? await Task.sleep(for: unstarted)
+                await self.discardIncomingIfStill(name, pid: vm.pid, onlyIfNeverStarted: true)
             }
             return (vm, listening)
         } catch {
@@ -326,8 +332,10 @@ extension VMHost {
         }
     }
 
-    private func discardIncomingIfStill(_ name: String, pid: Int32) async {
-        if incoming[name] != nil, finishing[name] == nil, instances[name]?.pid == pid { await discardIncoming(name) }
+    private func discardIncomingIfStill(_ name: String, pid: Int32, onlyIfNeverStarted: Bool = false) async {
+        guard incoming[name] != nil, finishing[name] == nil, let vm = instances[name], vm.pid == pid else { return }
+        if onlyIfNeverStarted, (try? await vm.migrationProgress().status) != MigrationProgress.Status.none { return }
+        await discardIncoming(name)
     }
 
     /// Waits (bounded) until an incoming VM reports its state received.

@@ -1,6 +1,8 @@
 import CTernHost
 import Foundation
 import TernAPI
+import TernHypervisor
+import TernSaveFile
 import TernTestSupport
 import Testing
 
@@ -552,6 +554,31 @@ import Glibc
             #expect(destroy.status == 0, "\(destroy.err)")
             try expectStillOnSource("unwanted", a, b, process, pipe)
         }
+    }
+
+    /// A destination prepared for a VM whose stream never comes (its source died after asking)
+    /// discards it after its `--peer-timeout`, rather than holding it for a day.
+    @Test func anIncomingVMWhoseStreamNeverStartsIsDiscarded() async throws {
+        let a = try TestDaemon()
+        defer { a.tearDown() }
+        let b = try TestDaemon(extraArguments: ["--peer-timeout", "2"])
+        defer { b.tearDown() }
+        try boot("orphan", on: a)
+        // What a source sends when it prepares a move: the VM as its save file records it.
+        let file = a.stateDirectory.appendingPathComponent("orphan.ternsave").path
+        #expect(try a.tern("save", "orphan", file).status == 0)
+        let transfer = try JSONDecoder().decode(VMTransfer.self, from: try SaveFileReader(path: file).metadata)
+        let destination = APIClient(endpoint: .unixSocket(b.socket))
+        let _: IncomingMigrationReply = try await destination.post(
+            "/migrations/incoming", body: IncomingMigrationRequest(vm: transfer, parameters: MigrationParameters(), timeoutSeconds: nil))
+        #expect(try state("orphan", on: b) == "incoming")
+        var gone = false
+        for _ in 0..<100 where !gone {
+            try await Task.sleep(for: .milliseconds(100))
+            gone = try state("orphan", on: b) == nil
+        }
+        #expect(gone, "the destination still holds the VM whose stream never came")
+        #expect(try b.tern("list").status == 0)
     }
 
     /// A move that runs past `--timeout` gives up, with the VM on its source.
