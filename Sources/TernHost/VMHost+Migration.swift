@@ -867,7 +867,10 @@ extension VMHost {
     public func abortJob(_ name: String) async throws -> MigrationProgress {
         let record = try find(name)
         guard moving.contains(name), let vm = instances[name] else {
-            throw HostError.invalidState(name: name, state: "\(record.state), with no save or migration stream underway", action: "abort the job of")
+            let state = moving.contains(name)
+                ? "saved, and being restored by the destination of its quick migration"
+                : "\(record.state), with no save or migration stream underway"
+            throw HostError.invalidState(name: name, state: state, action: "abort the job of")
         }
         if postcopyStarted.contains(name) {
             throw HostError.invalidState(

@@ -18,8 +18,15 @@ func abortingOnInterrupt<T: Sendable>(
     signal(SIGINT, SIG_IGN)
     let interrupt = DispatchSource.makeSignalSource(signal: SIGINT)
     interrupt.setEventHandler {
-        FileHandle.standardError.write(Data("tern: aborting the job of '\(name)' (the VM stays on this host)\n".utf8))
-        Task { _ = try? await client.post(path(name, "migration/abort"), as: MigrationProgress.self) }
+        Task {
+            do {
+                _ = try await client.post(path(name, "migration/abort"), as: MigrationProgress.self)
+                FileHandle.standardError.write(Data("tern: aborting the job of '\(name)' (the VM stays on this host)\n".utf8))
+            } catch {
+                // Past the point of no return (post-copy, a quick migration's restore): it goes on.
+                FileHandle.standardError.write(Data("tern: the job of '\(name)' cannot be aborted now: \(error)\n".utf8))
+            }
+        }
     }
     interrupt.resume()
     defer {
