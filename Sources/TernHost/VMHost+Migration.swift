@@ -66,6 +66,23 @@ extension VMHost {
 
     /// Writes a running or paused VM's state to `path` (see `TernSaveFile` for the format), then
     /// stops it here. On any failure the partial file is removed and the VM goes on as it was.
+    /// What a move's request may ask for (the CLI checks the same; the API is open to others).
+    static func checkMoveRequest(_ parameters: MigrationParameters, timeoutSeconds: Int?) throws {
+        let week = 7 * 24 * 3600
+        if let timeoutSeconds, !(1...week).contains(timeoutSeconds) {
+            throw HostError.badRequest("a move's time limit must be 1 s to 7 days, not \(timeoutSeconds) s")
+        }
+        if let limit = parameters.maxDowntimeMs, !(0...2_000_000).contains(limit) {
+            throw HostError.badRequest("a move's downtime limit must be 0 to 2000000 ms, not \(limit) ms")
+        }
+        if let bandwidth = parameters.bandwidthMiBps, !(1...1_048_576).contains(bandwidth) {
+            throw HostError.badRequest("a move's bandwidth cap must be 1 to 1048576 MiB/s, not \(bandwidth)")
+        }
+        if let connections = parameters.connections, !(1...16).contains(connections) {
+            throw HostError.badRequest("a move takes 1 to 16 connections, not \(connections)")
+        }
+    }
+
     /// Paths in a request are opened by this daemon, which does not run where its client does.
     static func requireAbsolute(_ path: String, _ what: String) throws {
         guard path.hasPrefix("/") else {
@@ -157,6 +174,7 @@ extension VMHost {
 
     /// Destination, first phase: the gate, then a VM waiting for the stream.
     public func prepareIncoming(_ request: IncomingMigrationRequest) async throws -> IncomingMigrationReply {
+        try Self.checkMoveRequest(request.parameters, timeoutSeconds: request.timeoutSeconds)
         let (definition, cpu) = try admit(request.vm, as: request.vm.name)
         let (_, address) = try await receive(
             request.vm.name, definition: definition, cpu: cpu, cpuInfo: request.vm.cpu,
@@ -295,6 +313,9 @@ extension VMHost {
             throw HostError.invalidState(name: name, state: previous.state, action: "receive another")
         }
         guard incoming[name] == nil else { throw HostError.invalidState(name: name, state: "incoming", action: "receive another") }
+        if let previous, let busy = busy(name) {
+            throw HostError.invalidState(name: name, state: "\(previous.state) and \(busy)", action: "receive another")
+        }
         incoming[name] = .some(previous)
         // The reason says, for a daemon restarted meanwhile, whether a definition was there before.
         var record = VMRecord(
@@ -412,6 +433,7 @@ extension VMHost {
     /// committed: the destination discards its copy, the guest runs on here, and the move is
     /// made again with the guest paused for the transfer.
     public func migrate(_ name: String, _ request: MigrateRequest) async throws -> MigrationReport {
+        try Self.checkMoveRequest(request.parameters, timeoutSeconds: request.timeoutSeconds)
         var request = request
         request.parameters = request.parameters.resolved
         let begin = ContinuousClock.now
@@ -849,7 +871,7 @@ extension VMHost {
             throw failed(back.vm.state)
         }
         try? FileManager.default.removeItem(atPath: path)
-        if try find(name).state == "shutoff" { forgetDefinition(name) }
+        if (try? find(name))?.state == "shutoff" { forgetDefinition(name) }
         let totalMs = milliseconds(ContinuousClock.now - begin)
         return MigrationReport(
             vm: restored.vm, destination: request.destination, kind: "quick", totalMs: totalMs, prepareMs: 0,

@@ -19,6 +19,8 @@ public actor VMHost {
     var destroying: Set<String> = []
     /// VMs being saved or migrated out (other actions wait until that has ended).
     var moving: Set<String> = []
+    /// VMs being started (their hypervisor not yet recorded): nothing else may take the name.
+    var starting: Set<String> = []
     /// The current or last migration of each VM, for progress reports.
     var migrations: [String: MigrationProgress] = [:]
     /// VMs being received (incoming migration or restore), with the record each replaced, if any.
@@ -171,6 +173,7 @@ public actor VMHost {
         guard record.state == "shutoff" || record.state == "crashed" else {
             throw HostError.invalidState(name: name, state: record.state, action: "undefine")
         }
+        if let busy = busy(name) { throw HostError.invalidState(name: name, state: "\(record.state) and \(busy)", action: "undefine") }
         try store.delete(name)
         try? FileManager.default.removeItem(at: files(name).directory)
         var gone = info(record)
@@ -187,9 +190,9 @@ public actor VMHost {
         guard record.state == "shutoff" || record.state == "crashed" else {
             throw HostError.invalidState(name: name, state: record.state, action: "start")
         }
-        if moving.contains(name) {
-            throw HostError.invalidState(name: name, state: "\(record.state) and being moved (quick migration)", action: "start")
-        }
+        if let busy = busy(name) { throw HostError.invalidState(name: name, state: "\(record.state) and \(busy)", action: "start") }
+        starting.insert(name)
+        defer { starting.remove(name) }
         let definition = try VMDefinition(xml: record.definition)
         guard let offer = capabilities.guestOffer else { throw HostError.database("no guest offer") }
         let cpu = try map.guestCPU(try definition.cpuConfig(map: map), host: offer)
@@ -254,6 +257,7 @@ public actor VMHost {
 
     /// The last `count` lines of a VM's console.
     public func console(_ name: String, lines count: Int) throws -> [String] {
+        guard count >= 0 else { throw HostError.badRequest("a number of console lines must not be negative (\(count))") }
         _ = try find(name)
         return lastConsoleLines(name, count: count)
     }
@@ -316,6 +320,14 @@ public actor VMHost {
     }
 
     // MARK: - Helpers
+
+    /// What a shut-off VM is in the middle of, if anything: being started, or being moved (a
+    /// quick migration, saved here and being restored there).
+    func busy(_ name: String) -> String? {
+        if starting.contains(name) { return "being started" }
+        if moving.contains(name) { return "being moved (quick migration)" }
+        return nil
+    }
 
     func find(_ name: String) throws -> VMRecord {
         guard let record = try store.find(name) else { throw HostError.notFound(name) }

@@ -194,8 +194,14 @@ public final class SaveFileWriter: @unchecked Sendable {
         guard metadata.count <= SaveFile.maximumMetadataLength else {
             throw .oversized(path: path, what: "metadata of \(metadata.count) bytes")
         }
-        fd = open(partialPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .cannotOpen(path: partialPath, reason: errnoText(errno)) }
+        // A new file only: another save to the same path may be writing this one (and a FIFO
+        // left there would block the open).
+        fd = open(partialPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            let reason = errno == EEXIST
+                ? "it exists: another save to \(path) is underway, or one was cut off (then remove it)" : errnoText(errno)
+            throw .cannotOpen(path: partialPath, reason: reason)
+        }
         let placeholder = [UInt8](repeating: 0, count: SaveFile.headerLength)
         do {
             try writeAll(placeholder)
@@ -299,12 +305,10 @@ public struct SaveFileReader: Sendable {
     /// Opens and checks header, lengths and metadata. The stream is checked by ``sendStream(to:cancellation:)``.
     public init(path: String) throws(SaveFileError) {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .cannotOpen(path: path, reason: errnoText(errno)) }
+        let fd = try Self.openRegularFile(path)
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw .cannotOpen(path: path, reason: errnoText(errno)) }
-        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .cannotOpen(path: path, reason: "not a regular file") }
         let size = Int(info.st_size)
         let head = try Self.read(fd, count: min(size, SaveFile.headerLength), at: 0, path: path)
         header = try SaveFileHeader(decoding: head, path: path)
@@ -343,6 +347,19 @@ public struct SaveFileReader: Sendable {
         }
     }
 
+    /// Opens `path` for reading if it is a regular file. Without blocking: opening a FIFO
+    /// would wait for a writer (on a device, for whatever it does on open).
+    private static func openRegularFile(_ path: String) throws(SaveFileError) -> Int32 {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw .cannotOpen(path: path, reason: errnoText(errno)) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            throw .cannotOpen(path: path, reason: "not a regular file")
+        }
+        return fd
+    }
+
     /// Runs `body` on its own thread with the file open at the start of the stream.
     private func withStream(_ body: @escaping @Sendable (Int32, String, SaveFileHeader) -> SaveFileError?)
         async throws(SaveFileError)
@@ -350,8 +367,8 @@ public struct SaveFileReader: Sendable {
         let path = self.path
         let header = self.header
         let result: SaveFileError? = await runBlocking {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { return .cannotOpen(path: path, reason: errnoText(errno)) }
+            let fd: Int32
+            do throws(SaveFileError) { fd = try Self.openRegularFile(path) } catch { return error }
             defer { close(fd) }
             guard lseek(fd, off_t(SaveFile.headerLength + header.metadataLength), SEEK_SET) >= 0 else {
                 return .io(path: path, reason: errnoText(errno))

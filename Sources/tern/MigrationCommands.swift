@@ -116,7 +116,9 @@ struct Migrate: AsyncParsableCommand {
 
     func validate() throws {
         if let connections, !(1...16).contains(connections) { throw ValidationError("--connections must be 1 to 16") }
-        if let timeout, timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
+        if let timeout, !(1...604_800).contains(timeout) { throw ValidationError("--timeout must be 1 s to 7 days (604800 s)") }
+        if let bandwidth, !(1...1_048_576).contains(bandwidth) { throw ValidationError("--bandwidth must be 1 to 1048576 MiB/s") }
+        if let maxDowntime, !(0...2_000_000).contains(maxDowntime) { throw ValidationError("--max-downtime must be 0 to 2000000 ms") }
         if quick != nil, postcopy || autoConverge || maxDowntime != nil || bandwidth != nil || connections != nil || timeout != nil {
             throw ValidationError(
                 "--quick saves the VM to a file and restores it there: --postcopy, --auto-converge, --max-downtime, --bandwidth, --connections and --timeout do not apply")

@@ -164,6 +164,10 @@ struct Console: AsyncParsableCommand {
     @Flag(help: "Print the console log's last lines instead of attaching.") var log = false
     @Option(help: "How many lines --log prints.") var lines = 50
 
+    func validate() throws {
+        if lines < 0 { throw ValidationError("--lines must not be negative") }
+    }
+
     func run() async throws {
         let client = try connection.client()
         if log {

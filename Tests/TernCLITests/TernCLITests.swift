@@ -86,6 +86,19 @@ let malformed = "Tests/TernCPUTests/Fixtures/malformed"
         #expect(run.err.contains("--quick saves the VM to a file and restores it there"), "\(run.err)")
     }
 
+    /// Numbers out of range are refused before any daemon is asked.
+    @Test(arguments: [
+        (["migrate", "vm", "--to", "/b.sock", "--timeout", "9223372036854775807"], "--timeout must be 1 s to 7 days"),
+        (["migrate", "vm", "--to", "/b.sock", "--bandwidth", "0"], "--bandwidth must be 1 to 1048576 MiB/s"),
+        (["migrate", "vm", "--to", "/b.sock", "--max-downtime=-5"], "--max-downtime must be 0 to 2000000 ms"),
+        (["console", "vm", "--log", "--lines=-1"], "--lines must not be negative"),
+    ])
+    func refusesNumbersOutOfRange(arguments: [String], message: String) throws {
+        let run = try tern(arguments: arguments)
+        #expect(run.status != 0)
+        #expect(run.err.contains(message), "\(run.err)")
+    }
+
     @Test func cpuidInCompatibilityModeShowsAnEightByteCLFLUSHLine() throws {
         let run = try tern("cpuid", "--host", "\(dumps)/Xeon-Gold-6148.xml", "--compat", "--json")
         #expect(run.status == 0)

@@ -1,6 +1,7 @@
 import CTernHost
 import Foundation
 import TernAPI
+import TernHypervisor
 import TernTestSupport
 import Testing
 
@@ -164,11 +165,37 @@ import Testing
         await #expect {
             let _: SaveReport = try await api.post("/vms/steady/save", body: SaveRequest(path: "steady.tern"))
         } throws: { "\($0)".contains("'steady.tern' must be absolute") }
+        // Numbers the CLI would refuse, sent through the API.
+        await #expect {
+            let _: ConsoleText = try await api.get("/vms/steady/console?lines=-1")
+        } throws: { "\($0)".contains("must not be negative") }
+        await #expect {
+            let _: MigrationReport = try await api.post(
+                "/vms/steady/migrate", body: MigrateRequest(destination: "/nowhere.sock", parameters: MigrationParameters(), timeoutSeconds: Int.max))
+        } throws: { "\($0)".contains("time limit must be 1 s to 7 days") }
 
         // After all that, the daemon and its running VM are fine.
         let counter = daemon.lastCounter("steady")
         #expect(daemon.waitForConsole("steady", "TERN-GUEST: counter \(counter + 2)"))
         #expect(try daemon.tern("dominfo", "steady").out.contains("running"))
+    }
+
+    /// Two starts of one VM at once: one hypervisor, and the other start is refused.
+    @Test func twoStartsAtOnceStartOneHypervisor() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "once"))
+        let results = Runs()
+        DispatchQueue.concurrentPerform(iterations: 2) { _ in
+            if let run = try? daemon.tern("start", "once") { results.append(run) }
+        }
+        let runs = results.all
+        #expect(runs.count == 2 && runs.filter { $0.status == 0 }.count == 1, "\(runs)")
+        let refused = runs.first { $0.status != 0 }
+        #expect(refused.map { $0.err.contains("being started") || $0.err.contains("it is running") } == true, "\(runs)")
+        let directory = daemon.stateDirectory.appendingPathComponent("vms/once").path
+        let hypervisors = try runProgram(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "qemu-system.*\(directory)/"]).out
+        #expect(hypervisors.split(separator: "\n").count == 1, "hypervisors: \(hypervisors)")
     }
 
     @Test func daemonsSideBySideOfferDifferentCPUs() throws {
@@ -234,4 +261,12 @@ import Testing
             environment: ["TERN_QEMU": "/nonexistent/qemu-system-x86_64"])
         #expect(run.status != 0 && run.err.contains("/nonexistent/qemu-system-x86_64 is not installed"))
     }
+}
+
+/// Runs of the CLI made on several threads at once.
+final class Runs: @unchecked Sendable {
+    private let lock = NSLock()
+    private var runs: [ProgramRun] = []
+    func append(_ run: ProgramRun) { lock.withLock { runs.append(run) } }
+    var all: [ProgramRun] { lock.withLock { runs } }
 }

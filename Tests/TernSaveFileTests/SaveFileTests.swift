@@ -96,6 +96,27 @@ import Glibc
         #expect(error(empty) == .notASaveFile(path: empty))
     }
 
+    /// A FIFO (or a device) is refused at once, not waited on; so is a directory.
+    @Test func refusesWhatIsNotARegularFile() throws {
+        let fifo = directory.appendingPathComponent("fifo").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        #expect(error(fifo) == .cannotOpen(path: fifo, reason: "not a regular file"))
+        #expect(error(directory.path) == .cannotOpen(path: directory.path, reason: "not a regular file"))
+        #expect(error("/dev/zero") == .cannotOpen(path: "/dev/zero", reason: "not a regular file"))
+    }
+
+    /// Two saves to one path at once: the second is refused rather than mixed into the first.
+    @Test func aSecondWriterToTheSamePathIsRefused() throws {
+        let path = directory.appendingPathComponent("vm.save").path
+        let first = try SaveFileWriter(path: path, metadata: Data("{}".utf8))
+        #expect {
+            _ = try SaveFileWriter(path: path, metadata: Data("{}".utf8))
+        } throws: { "\($0)".contains("another save to \(path) is underway") }
+        first.discard()
+        #expect(!FileManager.default.fileExists(atPath: path + ".partial"))
+        _ = try SaveFileWriter(path: path, metadata: Data("{}".utf8))
+    }
+
     @Test func refusesTruncatedFile() async throws {
         let path = try await write(stream: [UInt8](repeating: 7, count: 10_000))
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
