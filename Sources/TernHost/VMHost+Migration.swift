@@ -115,7 +115,7 @@ extension VMHost {
                 _ = try? await receiving.value
                 throw error
             }
-            size = try writer.finish(ternVersion: Self.ternVersion)
+            size = try await writer.finish(ternVersion: Self.ternVersion)
         } catch {
             writer.discard()
             await cancelIfUnfinished(vm)

@@ -268,12 +268,16 @@ public final class SaveFileWriter: @unchecked Sendable {
 
     /// Writes the header, flushes and renames the file into place. Returns the file's size.
     @discardableResult
-    public func finish(ternVersion: String) throws(SaveFileError) -> Int {
+    public func finish(ternVersion: String) async throws(SaveFileError) -> Int {
         let header = SaveFileHeader(
             metadataLength: metadata.count, streamLength: streamLength, metadataCRC: crc32c(metadata), streamCRC: streamCRC,
             ternVersion: ternVersion)
         try writeAll(header.encoded(), at: 0)
-        guard fsync(fd) == 0 else { throw .io(path: partialPath, reason: "flushing: \(errnoText(errno))") }
+        // Flushing a file of gigabytes takes a while: on a thread of its own, not the caller's.
+        let file = fd
+        if let failure = await runBlocking({ fsync(file) == 0 ? nil : errnoText(errno) }) {
+            throw .io(path: partialPath, reason: "flushing: \(failure)")
+        }
         close(fd)
         fd = -1
         guard rename(partialPath, path) == 0 else { throw .io(path: path, reason: "renaming into place: \(errnoText(errno))") }

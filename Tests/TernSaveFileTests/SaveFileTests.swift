@@ -31,7 +31,7 @@ import Glibc
         }
         sender.start()
         try await writer.receiveStream(cancellation: CopyCancellation())
-        try writer.finish(ternVersion: "test")
+        _ = try await writer.finish(ternVersion: "test")
         return path
     }
 
