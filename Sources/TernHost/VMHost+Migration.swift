@@ -321,6 +321,7 @@ extension VMHost {
         var record = VMRecord(
             name: name, definition: definition.xml, state: "incoming", pid: nil, guestCPU: encode(cpuInfo),
             reason: previous == nil ? Self.incomingNew : Self.incomingReplacing, lastConsoleLines: nil, updatedAt: Date())
+        record.replaced = previous.flatMap { try? JSONEncoder().encode($0) }.map { String(decoding: $0, as: UTF8.self) }
         do {
             if previous == nil { try store.insert(record) } else { try store.save(record) }
             let vmFiles = files(name)
@@ -392,6 +393,7 @@ extension VMHost {
         receivingAt[name] = nil
         record.state = state
         record.reason = nil
+        record.replaced = nil
         try store.save(record)
         return record
     }

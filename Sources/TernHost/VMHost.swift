@@ -85,6 +85,7 @@ public actor VMHost {
                     instances[record.name] = vm
                     record.state = "running"
                     record.reason = "received; it was running when this daemon restarted"
+                    record.replaced = nil
                     try? store.save(record)
                     watch(record.name, vm)
                     continue
@@ -95,6 +96,12 @@ public actor VMHost {
             if record.reason == Self.incomingNew {
                 try? store.delete(record.name)
                 try? FileManager.default.removeItem(at: files(record.name).directory)
+                continue
+            }
+            // The shut-off VM it was to replace comes back as it was.
+            if let replaced = record.replaced, var previous = try? JSONDecoder().decode(VMRecord.self, from: Data(replaced.utf8)) {
+                previous.reason = "a VM received in its place was interrupted by a daemon restart; this definition stays"
+                try? store.save(previous)
                 continue
             }
             record.state = "shutoff"

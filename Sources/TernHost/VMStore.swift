@@ -22,6 +22,9 @@ struct VMRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
     /// While a live migration (pre-copy) is underway: the destination daemon, as the user named
     /// it. A daemon restarted before the move ended asks that daemon where the VM is.
     var movingTo: String? = nil
+    /// While a VM is being received in place of a shut-off one of the same name: that one's
+    /// record (JSON of `VMRecord`), put back if the daemon restarts before the VM has arrived.
+    var replaced: String? = nil
 
     /// Dates are stored as seconds since 1970: GRDB's default text format goes through a
     /// Foundation `DateFormatter`, which loads ICU's calendar and time-zone data into the daemon
@@ -62,6 +65,9 @@ struct VMStore: Sendable {
             }
             migrator.registerMigration("v2") { db in
                 try db.alter(table: "vm") { table in table.add(column: "movingTo", .text) }
+            }
+            migrator.registerMigration("v3") { db in
+                try db.alter(table: "vm") { table in table.add(column: "replaced", .text) }
             }
             try migrator.migrate(queue)
         } catch {

@@ -557,8 +557,9 @@ import Glibc
     }
 
     /// A destination prepared for a VM whose stream never comes (its source died after asking)
-    /// discards it after its `--peer-timeout`, rather than holding it for a day.
-    @Test func anIncomingVMWhoseStreamNeverStartsIsDiscarded() async throws {
+    /// discards it after its `--peer-timeout`, rather than holding it for a day; and a shut-off
+    /// VM that an incoming one was to replace survives a restart of the daemon meanwhile.
+    @Test func anIncomingVMThatNeverArrivesLeavesNothingBehind() async throws {
         let a = try TestDaemon()
         defer { a.tearDown() }
         let b = try TestDaemon(extraArguments: ["--peer-timeout", "2"])
@@ -579,6 +580,18 @@ import Glibc
         }
         #expect(gone, "the destination still holds the VM whose stream never came")
         #expect(try b.tern("list").status == 0)
+
+        // Received in place of a shut-off VM of that name, and the daemon restarted meanwhile:
+        // the shut-off VM's definition comes back, not the one that was arriving.
+        _ = try b.tern("define", "-", stdin: TestDaemon.domainXML(name: "orphan", memoryMiB: 160))
+        let _: IncomingMigrationReply = try await destination.post(
+            "/migrations/incoming", body: IncomingMigrationRequest(vm: transfer, parameters: MigrationParameters(), timeoutSeconds: nil))
+        #expect(try state("orphan", on: b) == "incoming")
+        b.kill()
+        try b.start()
+        let info = try b.tern("dominfo", "orphan").out
+        #expect(try state("orphan", on: b) == "shutoff", "\(info)")
+        #expect(info.contains("163840 KiB"), "the shut-off definition was not put back: \(info)")
     }
 
     /// A move that runs past `--timeout` gives up, with the VM on its source.
