@@ -128,9 +128,13 @@ public actor VMHost {
                     Task { await self.settleInterruptedMove(record.name, vm, destination: destination, wasRunning: wasRunning) }
                     continue
                 }
-                // Its whole state went out (a migration or save finished) while this daemon was
-                // down: the destination may run it now.
-                if state == "paused", record.state == "running", (try? await vm.migrationProgress())?.status == .completed {
+                // Its move switched to post-copy: the guest runs on the destination, and this copy
+                // never runs again (``resume(_:)`` refuses it). Or its whole state went out (a
+                // migration or save finished) while this daemon was down: the destination may run it now.
+                let outgoing = state == "paused" ? (try? await vm.migrationProgress())?.status : nil
+                if outgoing == .postcopy || outgoing == .postcopyPaused {
+                    record.reason = Self.outdatedByPostcopy
+                } else if record.state == "running", outgoing == .completed {
                     record.reason =
                         "its state had been sent out (a migration or save finished) when this daemon restarted: if it "
                         + "was moving, check whether it runs on the destination, and resume it here only if it does not"
@@ -250,6 +254,9 @@ public actor VMHost {
     /// Resumes a paused VM.
     public func resume(_ name: String) async throws -> VMInfo {
         var (record, vm) = try running(name, action: "resume")
+        if record.state == "paused", let status = try? await vm.migrationProgress().status, status == .postcopy || status == .postcopyPaused {
+            throw HostError.invalidState(name: name, state: Self.outdatedByPostcopy, action: "resume")
+        }
         try await vm.resume()
         record.state = "running"
         try store.save(record)
@@ -327,6 +334,10 @@ public actor VMHost {
     }
 
     // MARK: - Helpers
+
+    /// Why a source copy whose move switched to post-copy must never run again.
+    static let outdatedByPostcopy =
+        "paused and out of date: its move switched to post-copy, so the guest runs on the destination"
 
     /// What a shut-off VM is in the middle of, if anything: being started, or being moved (a
     /// quick migration, saved here and being restored there).

@@ -648,6 +648,31 @@ import Glibc
         }
     }
 
+    /// A post-copy move whose destination dies after the switch: the copy left on the source is
+    /// out of date (the guest ran on the destination), stays paused, and is never resumed.
+    @Test func aSourceCopyOutdatedByPostcopyIsNeverResumed() throws {
+        let a = try TestDaemon(extraArguments: ["--peer-timeout", "2"])
+        defer { a.tearDown() }
+        let b = try TestDaemon()
+        defer { b.tearDown() }
+        try boot("outdated", on: a, mode: "memtouch tern.dirty_mb=128", memoryMiB: 320)
+        let (process, pipe, pid) = try startSlowMigration("outdated", from: a, to: b, ["--postcopy"])
+        var postcopy = false
+        for _ in 0..<600 where !postcopy {
+            Thread.sleep(forTimeInterval: 0.1)
+            postcopy = try a.tern("domjobinfo", "outdated").out.contains("Job status:         postcopy")
+        }
+        try #require(postcopy, "the move never switched to post-copy")
+        kill(pid, SIGKILL)
+        process.waitUntilExit()
+        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus != 0 && err.contains("post-copy"), "\(err)")
+        #expect(try state("outdated", on: a) == "paused")
+        let resume = try a.tern("resume", "outdated")
+        #expect(resume.status != 0 && resume.err.contains("out of date"), "\(resume.err)")
+        #expect(try state("outdated", on: a) == "paused")
+    }
+
     /// A destination reached through its Unix socket whose own files the source cannot see (here:
     /// the source daemon runs in a mount namespace where the destination's VM directories are an
     /// empty tmpfs) gets the stream over TCP; and a destination named by a TCP endpoint always does.
