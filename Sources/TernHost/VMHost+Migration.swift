@@ -64,8 +64,6 @@ extension VMHost {
 
     // MARK: - Save and restore
 
-    /// Writes a running or paused VM's state to `path` (see `TernSaveFile` for the format), then
-    /// stops it here. On any failure the partial file is removed and the VM goes on as it was.
     /// What a move's request may ask for (the CLI checks the same; the API is open to others).
     static func checkMoveRequest(_ parameters: MigrationParameters, timeoutSeconds: Int?) throws {
         let week = 7 * 24 * 3600
@@ -90,6 +88,8 @@ extension VMHost {
         }
     }
 
+    /// Writes a running or paused VM's state to `path` (see `TernSaveFile` for the format), then
+    /// stops it here. On any failure the partial file is removed and the VM goes on as it was.
     public func save(_ name: String, to path: String) async throws -> SaveReport {
         let clock = ContinuousClock()
         let begin = clock.now
