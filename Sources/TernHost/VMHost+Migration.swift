@@ -66,19 +66,7 @@ extension VMHost {
 
     /// What a move's request may ask for (the CLI checks the same; the API is open to others).
     static func checkMoveRequest(_ parameters: MigrationParameters, timeoutSeconds: Int?) throws {
-        let week = 7 * 24 * 3600
-        if let timeoutSeconds, !(1...week).contains(timeoutSeconds) {
-            throw HostError.badRequest("a move's time limit must be 1 s to 7 days, not \(timeoutSeconds) s")
-        }
-        if let limit = parameters.maxDowntimeMs, !(0...2_000_000).contains(limit) {
-            throw HostError.badRequest("a move's downtime limit must be 0 to 2000000 ms, not \(limit) ms")
-        }
-        if let bandwidth = parameters.bandwidthMiBps, !(1...1_048_576).contains(bandwidth) {
-            throw HostError.badRequest("a move's bandwidth cap must be 1 to 1048576 MiB/s, not \(bandwidth)")
-        }
-        if let connections = parameters.connections, !(1...16).contains(connections) {
-            throw HostError.badRequest("a move takes 1 to 16 connections, not \(connections)")
-        }
+        if let problem = parameters.problem(timeoutSeconds: timeoutSeconds) { throw HostError.badRequest(problem) }
     }
 
     /// Paths in a request are opened by this daemon, which does not run where its client does.

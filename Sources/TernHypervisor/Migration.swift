@@ -97,6 +97,22 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
         copy.connections = connections ?? Self.automaticConnections
         return copy
     }
+
+    /// What is out of range in these parameters and a move's time limit, if anything: the CLI
+    /// asks before it sends a move, the daemon again for what comes through its API.
+    public func problem(timeoutSeconds: Int?) -> String? {
+        if let timeoutSeconds, !(1...604_800).contains(timeoutSeconds) {
+            return "--timeout must be 1 s to 7 days (604800 s), not \(timeoutSeconds)"
+        }
+        if let maxDowntimeMs, !(0...2_000_000).contains(maxDowntimeMs) {
+            return "--max-downtime must be 0 to 2000000 ms, not \(maxDowntimeMs)"
+        }
+        if let bandwidthMiBps, !(1...1_048_576).contains(bandwidthMiBps) {
+            return "--bandwidth must be 1 to 1048576 MiB/s, not \(bandwidthMiBps)"
+        }
+        if let connections, !(1...16).contains(connections) { return "--connections must be 1 to 16, not \(connections)" }
+        return nil
+    }
 }
 
 /// Where a migration stands, as the hypervisor reports it.

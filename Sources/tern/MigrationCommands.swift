@@ -114,11 +114,14 @@ struct Migrate: AsyncParsableCommand {
     var quick: String?
     @OptionGroup var connection: ConnectOptions
 
+    var parameters: MigrationParameters {
+        MigrationParameters(
+            maxDowntimeMs: maxDowntime, bandwidthMiBps: bandwidth, connections: connections, autoConverge: autoConverge,
+            postcopy: postcopy, live: live)
+    }
+
     func validate() throws {
-        if let connections, !(1...16).contains(connections) { throw ValidationError("--connections must be 1 to 16") }
-        if let timeout, !(1...604_800).contains(timeout) { throw ValidationError("--timeout must be 1 s to 7 days (604800 s)") }
-        if let bandwidth, !(1...1_048_576).contains(bandwidth) { throw ValidationError("--bandwidth must be 1 to 1048576 MiB/s") }
-        if let maxDowntime, !(0...2_000_000).contains(maxDowntime) { throw ValidationError("--max-downtime must be 0 to 2000000 ms") }
+        if let problem = parameters.problem(timeoutSeconds: timeout) { throw ValidationError(problem) }
         if quick != nil, postcopy || autoConverge || maxDowntime != nil || bandwidth != nil || connections != nil || timeout != nil {
             throw ValidationError(
                 "--quick saves the VM to a file and restores it there: --postcopy, --auto-converge, --max-downtime, --bandwidth, --connections and --timeout do not apply")
@@ -135,10 +138,7 @@ struct Migrate: AsyncParsableCommand {
         var destination = to
         if case .unixSocket(let socket) = try APIClient.Endpoint(to) { destination = absolutePath(socket) }
         let request = MigrateRequest(
-            destination: destination,
-            parameters: MigrationParameters(
-                maxDowntimeMs: maxDowntime, bandwidthMiBps: bandwidth, connections: connections, autoConverge: autoConverge,
-                postcopy: postcopy, live: live),
+            destination: destination, parameters: parameters,
             timeoutSeconds: timeout, quickDirectory: quick.map(absolutePath))
         let name = name
         let migration = Task { () throws -> MigrationReport in

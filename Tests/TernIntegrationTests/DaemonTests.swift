@@ -172,7 +172,7 @@ import Testing
         await #expect {
             let _: MigrationReport = try await api.post(
                 "/vms/steady/migrate", body: MigrateRequest(destination: "/nowhere.sock", parameters: MigrationParameters(), timeoutSeconds: Int.max))
-        } throws: { "\($0)".contains("time limit must be 1 s to 7 days") }
+        } throws: { "\($0)".contains("--timeout must be 1 s to 7 days") }
 
         // After all that, the daemon and its running VM are fine.
         let counter = daemon.lastCounter("steady")
