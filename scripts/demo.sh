@@ -1,8 +1,8 @@
 #!/bin/sh
 # The main job: install what Tern needs, build it, start a host daemon, boot two real Linux
 # guests with the CPU Tern chooses (classic compatibility mode, and a named CPU model) and show
-# from inside each guest the CPU flags it got; then show where a VM could move among nine
-# recorded real processors.
+# from inside each guest the CPU flags it got; then show where a VM on one recorded real
+# processor could move among four others; then move VMs between two daemons.
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

@@ -22,7 +22,7 @@ import TernHypervisor
 /// | POST | /migrations/incoming | `IncomingMigrationRequest` → `IncomingMigrationReply` (destination: gate, then prepare) |
 /// | POST | /migrations/incoming/{name}/finish | → `IncomingMigrationFinish` (destination: the state is in, the guest runs) |
 /// | POST | /migrations/incoming/{name}/recover | → `IncomingMigrationReply` (destination: listen again for a post-copy stream that broke off) |
-/// | DELETE | /migrations/incoming/{name} | → `VMInfo` (destination: abort, nothing kept) |
+/// | DELETE | /migrations/incoming/{name} | → `VMInfo` (destination: a VM still arriving is discarded, state `undefined`; one that has arrived is kept and reported as it runs) |
 public enum API {
     /// The API's version, in every response's `Tern-API` header.
     public static let version = "1"
@@ -69,7 +69,8 @@ public struct GuestCPUInfo: Codable, Sendable, Equatable {
 /// One VM as the daemon reports it (`virsh dominfo`).
 public struct VMInfo: Codable, Sendable, Equatable {
     public var name: String
-    /// running, paused, shutoff or crashed.
+    /// running, paused, shutoff or crashed; incoming while it is being received (a migration
+    /// or restore); undefined in the answer to an action that removed it.
     public var state: String
     public var vcpus: Int
     public var memoryMiB: Int

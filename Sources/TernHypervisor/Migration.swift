@@ -43,7 +43,8 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
     /// Slow the guest's vCPUs down when it dirties memory faster than it can be sent.
     public var autoConverge: Bool
     /// Switch to post-copy (the guest runs on the destination while the rest of its memory
-    /// follows on demand) when pre-copy does not converge.
+    /// follows on demand) after the first pass over memory (during it where the hypervisor's
+    /// tracking is exact only up to a few passes).
     public var postcopy: Bool
     /// The guest runs during the transfer (libvirt's live migration). When false, it is paused
     /// from the start of the transfer until it resumes on the destination: a longer pause, but

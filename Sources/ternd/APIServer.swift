@@ -4,6 +4,7 @@ import HummingbirdCore
 import Logging
 import NIOHTTP1
 import NIOPosix
+import TernAPI
 
 /// ternd's HTTP server: the API's router behind HummingbirdCore's HTTP/1.1 server.
 ///
@@ -28,6 +29,7 @@ struct APIServer: Sendable {
             }
             response.headers[.date] = Self.httpDate()
             response.headers[.server] = "ternd"
+            response.headers[.init("Tern-API")!] = API.version  // the API's version, on every reply
             try await responseWriter.write(response: response.head, body: response.body)
         }, configuration: .init())
         server = Server(

@@ -238,6 +238,7 @@ import Testing
         let reply = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
         #expect(reply.hasPrefix("HTTP/1.1 200"), "\(reply)")
         #expect(reply.contains("Server: ternd\r\n"), "\(reply)")
+        #expect(reply.contains("Tern-API: 1\r\n"), "\(reply)")
         // IMF-fixdate, e.g. "Date: Sun, 06 Nov 1994 08:49:37 GMT", and today's.
         let date = reply.split(separator: "\r\n").first { $0.hasPrefix("Date: ") }.map { String($0.dropFirst(6)) }
         let format = try Regex(#"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT$"#)
