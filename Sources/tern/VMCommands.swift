@@ -186,6 +186,8 @@ struct Console: AsyncParsableCommand {
     /// Copies the console socket to standard output and standard input to the socket until
     /// Ctrl-] or the socket closes.
     private func attach(socketPath: String) async throws {
+        let terminal = RawTerminal()
+        defer { terminal.restore() }
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(unixDomainSocketPath: socketPath) { channel in
                 channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
@@ -214,5 +216,29 @@ struct Console: AsyncParsableCommand {
                 group.cancelAll()
             }
         }
+    }
+}
+
+/// Standard input in raw mode while a console is attached, when it is a terminal: keys reach the
+/// guest as they are typed (Ctrl-] included, which detaches), not a line at a time with a local
+/// echo. ``restore()`` puts the terminal back as it was.
+struct RawTerminal {
+    private var saved = termios()
+    private let active: Bool
+
+    init() {
+        var saved = termios()
+        active = isatty(STDIN_FILENO) == 1 && tcgetattr(STDIN_FILENO, &saved) == 0
+        self.saved = saved
+        guard active else { return }
+        var raw = saved
+        cfmakeraw(&raw)
+        tcsetattr(STDIN_FILENO, TCSANOW, &raw)
+    }
+
+    func restore() {
+        guard active else { return }
+        var saved = saved
+        tcsetattr(STDIN_FILENO, TCSANOW, &saved)
     }
 }

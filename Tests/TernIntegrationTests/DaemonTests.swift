@@ -26,6 +26,29 @@ import Testing
         #expect(info.out.contains("CPU mode:       host-passthrough"))
         let log = try daemon.tern("console", "counter1", "--log", "--lines", "5")
         #expect(log.out.contains("TERN-GUEST: counter"))
+        // Attached on a terminal (`script` gives it one), the console shows the guest, and Ctrl-]
+        // detaches at once, without waiting for Enter (the terminal is in raw mode).
+        let attached = Process()
+        attached.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+        let command = [packageRoot.appendingPathComponent(".build/debug/tern").path, "console", "counter1", "--connect", daemon.socket]
+        attached.arguments = ["-qfec", command.joined(separator: " "), "/dev/null"]
+        let keys = Pipe()
+        let screen = Pipe()
+        attached.standardInput = keys
+        attached.standardOutput = screen
+        try attached.run()
+        Thread.sleep(forTimeInterval: 1.5)
+        keys.fileHandleForWriting.write(Data([0x1d]))
+        var detached = false
+        for _ in 0..<100 where !detached {
+            Thread.sleep(forTimeInterval: 0.1)
+            detached = !attached.isRunning
+        }
+        if !detached { attached.terminate() }
+        try? keys.fileHandleForWriting.close()
+        #expect(detached, "Ctrl-] did not detach")
+        let shown = String(decoding: screen.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(shown.contains("TERN-GUEST: counter"), "\(shown)")
         #expect(try daemon.tern("suspend", "counter1").status == 0)
         #expect(try daemon.tern("dominfo", "counter1").out.contains("paused"))
         #expect(try daemon.tern("resume", "counter1").status == 0)
