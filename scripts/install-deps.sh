@@ -21,6 +21,7 @@ libvirt-daemon-system
 libvirt-daemon-driver-qemu
 socat
 iproute2
+bsdutils
 ca-certificates
 "
 
