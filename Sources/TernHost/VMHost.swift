@@ -76,9 +76,7 @@ public actor VMHost {
     /// the others crashed with what their console said last.
     public func recover() async {
         for var record in (try? store.all()) ?? [] where record.state == "incoming" {
-            if let pid = record.pid, let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
-                cmdline.contains(files(record.name).controlSocket.path)
-            {
+            if let pid = liveHypervisor(record) {
                 // Told to resume before the restart, and running: it arrived, and stays (the source,
                 // unable to learn that, keeps its copy paused).
                 if let vm = try? await attach(record, pid: pid), (try? await vm.runState()) == .running {
@@ -144,13 +142,30 @@ public actor VMHost {
                 watch(record.name, vm)
             } catch {
                 record.state = "crashed"
-                record.reason = withHypervisorMessage(
-                    "its hypervisor process ended while the daemon was not running", record.name)
                 record.lastConsoleLines = encodeLines(lastConsoleLines(record.name))
-                record.pid = nil
+                if let pid = liveHypervisor(record) {
+                    // Still running, but this daemon cannot take it back (say, a CPU map that no
+                    // longer knows its features): kept, with its pid, until the user ends it.
+                    record.reason = "this daemon could not take its hypervisor back after a restart (\(error)); it still "
+                        + "runs as pid \(pid): 'tern destroy \(record.name)' ends it"
+                } else {
+                    record.reason = withHypervisorMessage(
+                        "its hypervisor process ended while the daemon was not running", record.name)
+                    record.pid = nil
+                }
                 try? store.save(record)
             }
         }
+    }
+
+    /// The recorded hypervisor process of a VM, if it still runs (its command line names the
+    /// VM's control socket, so a pid reused since is not taken for it).
+    func liveHypervisor(_ record: VMRecord) -> Int32? {
+        guard let pid = record.pid, kill(pid, 0) == 0,
+            let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+            cmdline.contains(files(record.name).controlSocket.path)
+        else { return nil }
+        return pid
     }
 
     /// Connects to the hypervisor process of a VM this daemon started before it restarted.
@@ -202,6 +217,10 @@ public actor VMHost {
             throw HostError.invalidState(name: name, state: record.state, action: "start")
         }
         if let busy = busy(name) { throw HostError.invalidState(name: name, state: "\(record.state) and \(busy)", action: "start") }
+        if instances[name] == nil, let pid = liveHypervisor(record) {
+            throw HostError.invalidState(
+                name: name, state: "\(record.state), its hypervisor still running as pid \(pid) ('tern destroy' ends it)", action: "start")
+        }
         starting.insert(name)
         defer { starting.remove(name) }
         let definition = try VMDefinition(xml: record.definition)
@@ -234,6 +253,16 @@ public actor VMHost {
     /// Ends a VM at once.
     public func destroy(_ name: String) async throws -> VMInfo {
         if incoming[name] != nil { return try await destroyIncoming(name) }
+        if instances[name] == nil, var record = try? find(name), let pid = liveHypervisor(record) {
+            // A hypervisor this daemon could not take back after a restart (``recover()``).
+            kill(pid, SIGKILL)
+            for _ in 0..<2500 where liveHypervisor(record) != nil { try? await Task.sleep(for: .milliseconds(2)) }
+            record.state = "shutoff"
+            record.pid = nil
+            record.reason = "destroyed"
+            try store.save(record)
+            return info(record)
+        }
         let (_, vm) = try running(name, action: "destroy")
         destroying.insert(name)
         try await vm.destroy()

@@ -172,7 +172,14 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             try? await Task.sleep(for: .milliseconds(2))
             tries += 1
         }
-        if Self.isAlive(pid) { kill(pid, SIGKILL) }
+        guard Self.isAlive(pid) else { return }
+        kill(pid, SIGKILL)
+        // Gone before this returns (up to 5 s): its files, the disk's lock among them, with it.
+        tries = 0
+        while Self.isAlive(pid), tries < 2500 {
+            try? await Task.sleep(for: .milliseconds(2))
+            tries += 1
+        }
     }
 
     public func guestFeatures() async throws -> [String] {
@@ -514,6 +521,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         case nil:
             if let child, child.terminationReason == .uncaughtSignal { return .killed(signal: child.terminationStatus) }
             if case .signaled(let number)? = process?.ended { return .killed(signal: number) }
+            // Ended by itself without a word heard in time: a clean exit is a power-off.
+            if case .exited(let status)? = process?.ended {
+                return status == 0 ? .poweredOff : .failed("QEMU exited with status \(status)")
+            }
             if Self.consoleShowsPanic(files.consoleLog) { return .panicked }
             return .killed(signal: SIGKILL)
         }

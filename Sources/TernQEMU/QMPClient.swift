@@ -69,22 +69,34 @@ public final class QMPClient: Sendable {
             throw .connectionFailed(path: path, reason: "\(error)")
         }
         let client = QMPClient(channel: channel, inbox: inbox, timeout: timeout)
-        try await client.waitForGreeting()
-        _ = try await client.execute("qmp_capabilities")
+        do {
+            try await client.waitForGreeting()
+            _ = try await client.execute("qmp_capabilities")
+        } catch {
+            // QEMU serves one QMP client at a time: a connection left open would hold its place.
+            try? await channel.close()
+            throw error
+        }
         return client
     }
 
     private func waitForGreeting() async throws(QMPError) {
         do {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let ready = self.state.withLockedValue { state -> Bool in
+                let ready = self.state.withLockedValue { state -> Bool? in
                     if state.greeting { return true }
+                    if state.closed { return nil }  // closed before it greeted: no word will come
                     state.greeted = continuation
                     return false
                 }
-                if ready {
+                switch ready {
+                case true?:
                     continuation.resume()
                     return
+                case nil:
+                    continuation.resume(throwing: QMPError.disconnected)
+                    return
+                default: break
                 }
                 // A continuation is resumed exactly once: whoever takes it out of the state does.
                 channel.eventLoop.scheduleTask(in: .milliseconds(Int64(commandTimeout * 1000))) {

@@ -92,6 +92,32 @@ import Testing
         #expect(try daemon.tern("destroy", "survivor").status == 0)
     }
 
+    /// A restarted daemon that cannot take a running VM's hypervisor back (here: something else
+    /// holds QEMU's one QMP connection) keeps it, with its pid, rather than forgetting a live
+    /// QEMU: `start` is refused (no second copy), and `destroy` ends it.
+    @Test func aHypervisorTheDaemonCannotTakeBackIsKeptUntilDestroyed() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "held"))
+        #expect(try daemon.tern("start", "held").status == 0)
+        let pid = try #require(try daemon.hypervisorPID("held"))
+        daemon.kill()
+        let holder = tern_unix_connect(daemon.stateDirectory.appendingPathComponent("vms/held/control.sock").path)
+        #expect(holder >= 0)
+        defer { close(holder) }
+        try daemon.start()
+        let info = try daemon.tern("dominfo", "held").out
+        #expect(info.contains("could not take its hypervisor back") && info.contains("pid \(pid)"), "\(info)")
+        // Running: a process with a command line (an ended one waiting to be reaped has none).
+        let running = { (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)).map { !$0.isEmpty } ?? false }
+        #expect(running(), "the daemon ended a QEMU it could not take back")
+        let start = try daemon.tern("start", "held")
+        #expect(start.status != 0 && start.err.contains("still running as pid \(pid)"), "\(start.err)")
+        #expect(try daemon.tern("destroy", "held").status == 0)
+        #expect(!running(), "destroy left the QEMU running")
+        #expect(try daemon.tern("dominfo", "held").out.contains("shutoff"))
+    }
+
     @Test func aVMWhoseQEMUDiedWhileTheDaemonWasDownIsReportedCrashed() throws {
         let daemon = try TestDaemon()
         defer { daemon.tearDown() }
