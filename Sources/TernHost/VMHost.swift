@@ -156,15 +156,17 @@ public actor VMHost {
                 try? store.save(record)
             }
         }
+        // A hypervisor started just before the last daemon ended, its pid never written down:
+        // nothing can reach it (its sockets are replaced at the next start), so it is ended.
+        for record in (try? store.all()) ?? [] {
+            for pid in hypervisor.processes(of: files(record.name)) where pid != record.pid { kill(pid, SIGKILL) }
+        }
     }
 
     /// The recorded hypervisor process of a VM, if it still runs (its command line names the
     /// VM's control socket, so a pid reused since is not taken for it).
     func liveHypervisor(_ record: VMRecord) -> Int32? {
-        guard let pid = record.pid, kill(pid, 0) == 0,
-            let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
-            cmdline.contains(files(record.name).controlSocket.path)
-        else { return nil }
+        guard let pid = record.pid, hypervisor.isRunning(pid, for: files(record.name)) else { return nil }
         return pid
     }
 

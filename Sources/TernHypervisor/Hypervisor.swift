@@ -29,6 +29,13 @@ public protocol Hypervisor: Sendable {
     /// Reattaches to a VM started earlier (by a previous daemon), or fails if it is gone.
     func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance
 
+    /// The hypervisor processes still running for a VM's files, whoever started them: after a
+    /// restart, those of a VM the daemon knows no pid for are out of its reach.
+    func processes(of files: VMFiles) -> [Int32]
+
+    /// Whether `pid` is a hypervisor process still running for a VM's files (not a reused pid).
+    func isRunning(_ pid: Int32, for files: VMFiles) -> Bool
+
     /// How many passes over guest memory (the first and the last included) a live migration of
     /// a running guest may make and still deliver an exact copy of its memory; nil when any
     /// number may. The backend keeps a live migration within it where it can (QEMU under TCG,

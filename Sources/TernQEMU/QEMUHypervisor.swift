@@ -208,13 +208,28 @@ public struct QEMUHypervisor: Hypervisor {
     }
 
     public func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance {
-        guard QEMUVirtualMachine.isAlive(pid),
-            let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
-            cmdline.contains(files.controlSocket.path)
-        else { throw HypervisorError.notRunning(configuration.name) }
+        guard Self.isHypervisor(pid, of: files) else { throw HypervisorError.notRunning(configuration.name) }
         let client = try await QMPClient.connect(path: files.controlSocket.path)
         return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: nil,
             process: nil, exactPasses: exactLiveMigrationPasses)
+    }
+
+    public func processes(of files: VMFiles) -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter {
+            Self.isHypervisor($0, of: files)
+        }
+    }
+
+    public func isRunning(_ pid: Int32, for files: VMFiles) -> Bool { Self.isHypervisor(pid, of: files) }
+
+    /// Whether `pid` is a running QEMU serving `files`: its command line gives QMP the VM's
+    /// control socket (as ``QEMUCommandLine`` does), so neither a reused pid nor another
+    /// program naming the socket is taken for it.
+    static func isHypervisor(_ pid: Int32, of files: VMFiles) -> Bool {
+        guard QEMUVirtualMachine.isAlive(pid),
+            let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)
+        else { return false }
+        return cmdline.contains("-qmp\u{0}unix:\(files.controlSocket.path),")
     }
 
     /// What QEMU wrote to its log, for error messages.

@@ -118,6 +118,33 @@ import Testing
         #expect(try daemon.tern("dominfo", "held").out.contains("shutoff"))
     }
 
+    /// A hypervisor of one of the daemon's VMs that the daemon never recorded (it ended between
+    /// starting it and writing down its pid) is ended at the next start; nothing else is.
+    @Test func aHypervisorTheDaemonNeverRecordedIsEndedAtRestart() throws {
+        let daemon = try TestDaemon()
+        defer { daemon.tearDown() }
+        _ = try define(daemon, TestDaemon.domainXML(name: "ghost"))
+        _ = try define(daemon, TestDaemon.domainXML(name: "kept"))
+        #expect(try daemon.tern("start", "kept").status == 0)
+        let kept = try #require(try daemon.hypervisorPID("kept"))
+        let directory = daemon.stateDirectory.appendingPathComponent("vms/ghost")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let ghost = Process()
+        ghost.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-system-x86_64")
+        ghost.arguments = [
+            "-machine", "none", "-nodefaults", "-display", "none",
+            "-qmp", "unix:\(directory.appendingPathComponent("control.sock").path),server=on,wait=off",
+        ]
+        try ghost.run()
+        defer { if ghost.isRunning { ghost.terminate() } }
+        daemon.kill()
+        try daemon.start()
+        for _ in 0..<50 where ghost.isRunning { Thread.sleep(forTimeInterval: 0.1) }
+        #expect(!ghost.isRunning, "the unrecorded hypervisor still runs")
+        #expect(try daemon.hypervisorPID("kept") == kept)
+        #expect(try daemon.tern("dominfo", "kept").out.contains("running"))
+    }
+
     @Test func aVMWhoseQEMUDiedWhileTheDaemonWasDownIsReportedCrashed() throws {
         let daemon = try TestDaemon()
         defer { daemon.tearDown() }
