@@ -281,10 +281,10 @@ extension VMHost {
             let state = finishing[name] != nil ? "arriving" : "running here in post-copy, part of its memory still on its source"
             throw HostError.invalidState(name: name, state: state, action: "destroy")
         }
-        _ = try await abortIncoming(name)
-        return (try? store.find(name)).flatMap { $0.map(info) } ?? VMInfo(
-            name: name, state: "undefined", vcpus: 0, memoryMiB: 0, cpu: nil, pid: nil, consoleLog: "", consoleSocket: "",
-            reason: "its incoming migration was discarded ('tern destroy')", lastConsoleLines: nil)
+        var gone = try await abortIncoming(name)
+        gone.reason = "its incoming migration was discarded ('tern destroy')"
+        // A shut-off VM it was to replace is back.
+        return (try? store.find(name)).flatMap { $0.map(info) } ?? gone
     }
 
     /// Starts the VM that receives `name`'s state, recording it as incoming (a VM of that name
