@@ -19,8 +19,8 @@
 # 'downtime' figure, which ends when the source has sent the last byte.
 # Where the machine's own memory is backed lazily (a VM whose host reclaims its free memory, as
 # here), a destination's first writes to fresh memory sometimes cost several times more, for
-# every method alike: plain QEMU moving a 1 GiB idle guest took 130-513 ms into a fresh QEMU and
-# 111-174 ms into one started with -mem-prealloc (8 runs each, alternating). Hence the spread.
+# every method alike; each move is preceded by a warm-up (WARM, below) so that no method meets
+# that by chance.
 # Tern and plain QEMU take turns, move by move, who goes first rotating (the host's drift, and
 # what one method's move leaves behind for the next, weigh on all alike); between its moves a
 # guest is paused ('tern suspend', QMP 'stop'), and it runs SETTLE seconds (0.5) plus a random
@@ -33,7 +33,7 @@
 # migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE', in turns.
 #
 # Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build-release/release] [TERN_ARGS="--connections 1"] [KEEP=1]
-#        [SETTLE=0.5] [JITTER=2.5] [CASES="idle dirty"] [METHODS="tern qemu tern-tcp qemu-unix virsh save"] Benchmarks/migration.sh
+#        [SETTLE=0.5] [JITTER=2.5] [WARM=MiB] [CASES="idle dirty"] [METHODS="tern qemu tern-tcp qemu-unix virsh save"] Benchmarks/migration.sh
 # (CASES and METHODS narrow a run down for experiments; the figures to report come from a full run.)
 # Needs root (QEMU, libvirt). TCG only.
 set -uo pipefail
@@ -52,7 +52,32 @@ SETTLE=${SETTLE:-0.5}   # seconds a guest runs after being resumed, before its m
 # after a reporting pass writes into memory that must first come back from the machine's own
 # host, and with a fixed rhythm the same method in the rotation would keep meeting it)
 JITTER=${JITTER:-2.5}
-settle() { nap "$(awk -v s="$SETTLE" -v j="$JITTER" -v r="$RANDOM" 'BEGIN { printf "%.3f", s + j * r / 32768 }')"; }
+# WARM (MiB, default guest memory + 256; 0 = off): right before every move of every method, and
+# outside its timing, the machine's free memory is made resident again: a process writes WARM MiB
+# of fresh memory and exits. Where the machine's own host takes back memory its guest has freed
+# (free page reporting, on the development machines: 2 s after the free), a destination QEMU's
+# first writes to that memory cost 10-20 times more (400 MiB: 40-70 ms written into memory freed
+# a moment ago, 800-1100 ms into memory freed long ago). Which move met which was chance, and it
+# outweighed what the methods themselves do; with the warm-up, every method's destination starts
+# from memory freed a moment ago.
+WARM=${WARM:-$((MEMORY + 256))}
+warm() {
+    ((WARM > 0)) || return 0
+    python3 -c '
+import mmap, sys
+size = int(sys.argv[1]) << 20
+# Private and in huge pages, as QEMU asks for its guest memory (the same warm-up in shared
+# memory, measured here, left the moves after it as slow as with none)
+memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+memory.madvise(mmap.MADV_HUGEPAGE)
+for offset in range(0, size, 4096):
+    memory[offset] = 1
+' "$WARM" || die "warming the machine's memory failed"
+}
+settle() {
+    nap "$(awk -v s="$SETTLE" -v j="$JITTER" -v r="$RANDOM" 'BEGIN { printf "%.3f", s + j * r / 32768 }')"
+    warm
+}
 QEMU=${TERN_QEMU:-/usr/bin/qemu-system-x86_64}
 
 die() { echo "migration-bench: error: $*" >&2; exit 1; }

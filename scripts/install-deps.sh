@@ -22,6 +22,7 @@ libvirt-daemon-driver-qemu
 socat
 iproute2
 bsdutils
+python3
 ca-certificates
 "
 
