@@ -617,3 +617,11 @@ for m in tern qemu; do
 done
 printf '%-6s %10s %12s\n' ratio "$(ratio "$(median ${RESULT[tern,save,ms]})" "$(median ${RESULT[qemu,save,ms]})")" \
     "$(ratio "$(median ${RESULT[tern,restore,ms]})" "$(median ${RESULT[qemu,restore,ms]})")"
+echo "Every run, in order (save ms / restore ms):"
+for m in tern qemu; do
+    read -ra saves <<<"${RESULT[$m,save,ms]}"
+    read -ra restores <<<"${RESULT[$m,restore,ms]}"
+    line=""
+    for i in "${!saves[@]}"; do line+=" ${saves[$i]}/${restores[$i]:-}"; done
+    printf '  %-9s%s\n' "$m" "$line"
+done
