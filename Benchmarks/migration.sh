@@ -592,19 +592,29 @@ wants virsh && echo "virsh: $VIRSH_REASON"
 echo "Every run, in order (total ms / downtime ms / passes over memory; n: non-live, the live attempt"
 echo "given up); the first move of a freshly booted guest is the slowest. Under TCG a live move of 4 or"
 echo "more passes (!) may have lost guest writes: QEMU's dirty tracking misses some (see README.md)."
+# runs "LIST1" "LIST2" …: the lists' figures run by run, " a1/b1 a2/b2 …" ('?' where one is missing)
+runs() {
+    local lists=("$@") first k i line="" v
+    read -r -a first <<<"$1"
+    for ((k = 0; k < ${#first[@]}; k++)); do
+        line+=" "
+        for ((i = 0; i < ${#lists[@]}; i++)); do
+            read -r -a v <<<"${lists[i]}"
+            ((i > 0)) && line+="/"
+            line+=${v[k]:-?}
+        done
+    done
+    echo "$line"
+}
 for c in idle dirty; do
     for m in tern qemu virsh tern-tcp qemu-unix; do
         [[ -n ${RESULT[$m,$c,total]:-} ]] || continue
-        read -r -a totals <<<"${RESULT[$m,$c,total]}"
-        read -r -a downs <<<"${RESULT[$m,$c,downtime]}"
-        read -r -a passes <<<"${RESULT[$m,$c,passes]:-}"
-        line=""
-        for ((k = 0; k < ${#totals[@]}; k++)); do
-            p=${passes[k]:-?}
+        passes=""
+        for p in ${RESULT[$m,$c,passes]:-}; do
             [[ $p =~ ^[0-9]+$ && $p -ge 4 ]] && p+="!"
-            line+=" ${totals[k]}/${downs[k]:-?}/$p"
+            passes+="$p "
         done
-        printf '  %-6s %-9s%s\n' "$c" "$m" "$line"
+        printf '  %-6s %-9s%s\n' "$c" "$m" "$(runs "${RESULT[$m,$c,total]}" "${RESULT[$m,$c,downtime]:-}" "$passes")"
     done
 done
 wants save || exit 0
@@ -618,10 +628,4 @@ done
 printf '%-6s %10s %12s\n' ratio "$(ratio "$(median ${RESULT[tern,save,ms]})" "$(median ${RESULT[qemu,save,ms]})")" \
     "$(ratio "$(median ${RESULT[tern,restore,ms]})" "$(median ${RESULT[qemu,restore,ms]})")"
 echo "Every run, in order (save ms / restore ms):"
-for m in tern qemu; do
-    read -ra saves <<<"${RESULT[$m,save,ms]}"
-    read -ra restores <<<"${RESULT[$m,restore,ms]}"
-    line=""
-    for i in "${!saves[@]}"; do line+=" ${saves[$i]}/${restores[$i]:-}"; done
-    printf '  %-9s%s\n' "$m" "$line"
-done
+for m in tern qemu; do printf '  %-9s%s\n' "$m" "$(runs "${RESULT[$m,save,ms]}" "${RESULT[$m,restore,ms]}")"; done
