@@ -7,7 +7,9 @@
 #          its Unix socket, so Tern streams through a Unix socket (its choice between daemons on
 #          one machine). The VM has Tern's default devices, so a virtio balloon with free page
 #          reporting: the memory the guest has freed travels as zero pages (plain QEMU has no
-#          balloon unless asked; libvirt's default balloon leaves reporting off)
+#          balloon unless asked; libvirt's default balloon leaves reporting off), on Tern's lean
+#          q35 (no SMM, SATA, SMBus, VMware port or vAPIC: less state to load while the guest is
+#          stopped; plain QEMU and libvirt get QEMU's default q35)
 #   qemu   the same QEMU command line run by hand; a destination QEMU with -incoming, then QMP
 #          'migrate' on the source with only the bandwidth cap lifted (QEMU's default is 32 MiB/s),
 #          over TCP (tcp:127.0.0.1:PORT); total = from launching the destination to its 'running'
