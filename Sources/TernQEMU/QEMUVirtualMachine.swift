@@ -58,6 +58,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         /// how that went.
         var pausedForSetup = false
         var setupResumeSent = false
+        /// The `cont` armed before the pause (not a fallback) claimed the resume.
+        var setupResumedByArmedCommand = false
         var setupOutcome: SetupOutcome?
         enum SetupOutcome {
             case resumed, lastPassBegan
@@ -243,6 +245,29 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         outgoing.withLockedValue { $0 = OutgoingMigration(holdsBeforeLastPass: holds, pausedForSetup: pauseForSetup) }
         let paused = ContinuousClock.now
         let pausedAtWallClock = Date().timeIntervalSince1970
+        // The guest goes on the moment QEMU announces its first pass: `cont` is armed to go out
+        // from the connection's own thread on that event. The event task and the query below
+        // are fallbacks; whichever claims the resume first sends it, once.
+        var armed: Int?
+        if pauseForSetup {
+            let (signal, outgoing) = (migrationSignal, self.outgoing)
+            let (token, reply) = client.arm(QMPClient.Command("cont")) { event in
+                event.name == "MIGRATION" && event.data?["status"]?.string == "active"
+                    && Self.claimSetupResume(outgoing, byArmedCommand: true)
+            }
+            armed = token
+            reply.whenComplete { result in
+                outgoing.withLockedValue { state in
+                    guard state.setupResumedByArmedCommand else { return }
+                    switch result {
+                    case .success: state.setupOutcome = .resumed
+                    case .failure(let error): state.setupOutcome = Self.setupOutcome(afterFailed: error)
+                    }
+                }
+                signal.fire()
+            }
+        }
+        defer { if let armed { client.disarm(armed) } }
         do {
             // The pause and the start go together (QEMU runs them in this order).
             let start = QMPClient.Command("migrate", ["uri": .string(address.qemuURI)])
@@ -293,27 +318,37 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         return nil
     }
 
-    /// After the setup pause: `cont`, once (from QEMU's "active" event or the fallback query).
+    /// After the setup pause: `cont`, once (from QEMU's "active" event or the fallback query),
+    /// unless the armed `cont` went out first.
     private static func resumeAfterSetup(client: QMPClient, outgoing: NIOLockedValueBox<OutgoingMigration>) async {
-        let go = outgoing.withLockedValue { state in
-            guard state.pausedForSetup, !state.setupResumeSent else { return false }
-            state.setupResumeSent = true
-            return true
-        }
-        guard go else { return }
+        guard claimSetupResume(outgoing, byArmedCommand: false) else { return }
         let outcome: OutgoingMigration.SetupOutcome
         do {
             try await client.execute("cont")
             outcome = .resumed
         } catch {
-            // "Not finalized": already in its last pass, which stops the guest anyway.
-            if case .commandFailed(_, _, let message) = error, message.contains("not finalized") {
-                outcome = .lastPassBegan
-            } else {
-                outcome = .failed(error)
-            }
+            outcome = setupOutcome(afterFailed: error)
         }
         outgoing.withLockedValue { $0.setupOutcome = outcome }
+    }
+
+    /// True for the one caller that may send the `cont` ending the setup pause.
+    private static func claimSetupResume(_ outgoing: NIOLockedValueBox<OutgoingMigration>, byArmedCommand: Bool) -> Bool {
+        outgoing.withLockedValue { state in
+            guard state.pausedForSetup, !state.setupResumeSent else { return false }
+            state.setupResumeSent = true
+            state.setupResumedByArmedCommand = byArmedCommand
+            return true
+        }
+    }
+
+    /// What a refused `cont` at the end of the setup pause means.
+    private static func setupOutcome(afterFailed error: any Error) -> OutgoingMigration.SetupOutcome {
+        // "Not finalized": already in its last pass, which stops the guest anyway.
+        if case .commandFailed(_, _, let message)? = error as? QMPError, message.contains("not finalized") {
+            return .lastPassBegan
+        }
+        return .failed(error as? QMPError ?? .disconnected)
     }
 
     public func prepareMigration(_ parameters: MigrationParameters) async throws {

@@ -33,7 +33,18 @@ public final class QMPClient: Sendable {
         var commands: [Int: String] = [:]
         var greeted: CheckedContinuation<Void, any Error>?
         var greeting: Bool = false
+        /// What QEMU's greeting offers (`oob`).
+        var capabilities: [String] = []
         var closed = false
+        /// Commands armed to go out when an event arrives (``arm(_:when:)``), by token.
+        var reflexes: [Int: Reflex] = [:]
+    }
+
+    /// A command armed by ``arm(_:when:)``: `send` writes it, once `trigger` accepts an event.
+    fileprivate struct Reflex {
+        let trigger: @Sendable (Event) -> Bool
+        let send: @Sendable () -> Void
+        let promise: EventLoopPromise<JSONValue>
     }
 
     private let channel: any Channel
@@ -71,7 +82,12 @@ public final class QMPClient: Sendable {
         let client = QMPClient(channel: channel, inbox: inbox, timeout: timeout)
         do {
             try await client.waitForGreeting()
-            _ = try await client.execute("qmp_capabilities")
+            // Out-of-band mode, where QEMU offers it, for its reading: QEMU reads a command a
+            // byte at a time, and without it stops reading while a command runs. With it, the
+            // commands sent together (a pause and a migration's start) are read while the first
+            // runs, and the second begins the moment the first ends.
+            let offersOOB = inbox.state.withLockedValue { $0.capabilities.contains("oob") }
+            _ = try await client.execute("qmp_capabilities", offersOOB ? ["enable": ["oob"]] : nil)
         } catch {
             // QEMU serves one QMP client at a time: a connection left open would hold its place.
             try? await channel.close()
@@ -153,10 +169,45 @@ public final class QMPClient: Sendable {
         return values
     }
 
+    /// Arms `command` to be sent the moment an event arrives that `trigger` accepts, from the
+    /// thread that reads the connection: for a command the guest waits on (a `cont`), so that
+    /// no task has to be scheduled between QEMU's word and the answer. `trigger` runs on that
+    /// thread for every event until it accepts one (so it must be quick) and the command goes
+    /// out at most once. The future holds its reply; ``disarm(_:)`` withdraws it unsent (the
+    /// future then fails with ``QMPError/disconnected``, as it does if the connection closes).
+    public func arm(_ command: Command, when trigger: @escaping @Sendable (Event) -> Bool)
+        -> (token: Int, reply: EventLoopFuture<JSONValue>)
+    {
+        let promise = channel.eventLoop.makePromise(of: JSONValue.self)
+        let reflex = Reflex(trigger: trigger, send: { _ = self.submit(command, fulfilling: promise) }, promise: promise)
+        let token: Int? = state.withLockedValue { state in
+            if state.closed { return nil }
+            let token = state.nextID
+            state.nextID += 1
+            state.reflexes[token] = reflex
+            return token
+        }
+        guard let token else {
+            promise.fail(QMPError.disconnected)
+            return (0, promise.futureResult)
+        }
+        return (token, promise.futureResult)
+    }
+
+    /// Withdraws a command armed by ``arm(_:when:)`` if it has not gone out yet.
+    public func disarm(_ token: Int) {
+        let reflex = state.withLockedValue { $0.reflexes.removeValue(forKey: token) }
+        reflex?.promise.fail(QMPError.disconnected)
+    }
+
     /// Sends one command; its reply, a timeout or the connection's end fulfills the future.
     /// Commands are written in the order this is called.
     private func submit(_ command: Command) -> EventLoopFuture<JSONValue> {
-        let promise = channel.eventLoop.makePromise(of: JSONValue.self)
+        submit(command, fulfilling: channel.eventLoop.makePromise(of: JSONValue.self))
+    }
+
+    @discardableResult
+    private func submit(_ command: Command, fulfilling promise: EventLoopPromise<JSONValue>) -> EventLoopFuture<JSONValue> {
         let id: Int? = state.withLockedValue { state in
             if state.closed { return nil }
             let id = state.nextID
@@ -171,7 +222,10 @@ public final class QMPClient: Sendable {
         }
         var message: [String: JSONValue] = ["execute": .string(command.name), "id": .number(Double(id))]
         if let arguments = command.arguments { message["arguments"] = .object(arguments) }
-        var data = (try? JSONEncoder().encode(JSONValue.object(message))) ?? Data()
+        // Short as can be: QEMU reads it a byte at a time.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .withoutEscapingSlashes
+        var data = (try? encoder.encode(JSONValue.object(message))) ?? Data()
         data.append(0x0a)
         // The reply, the timeout and a failed write race to take the promise out of the state;
         // only the one that finds it fulfills it.
@@ -207,9 +261,10 @@ private final class Inbox: Sendable {
     }
 
     func receive(_ message: JSONValue) {
-        if message["QMP"] != nil {
+        if let greeting = message["QMP"] {
             let waiter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
                 state.greeting = true
+                state.capabilities = greeting["capabilities"]?.array?.compactMap(\.string) ?? []
                 defer { state.greeted = nil }
                 return state.greeted
             }
@@ -219,7 +274,13 @@ private final class Inbox: Sendable {
             if let seconds = message["timestamp"]?["seconds"]?.int, let micro = message["timestamp"]?["microseconds"]?.int {
                 timestamp = Double(seconds) + Double(micro) / 1_000_000
             }
-            eventContinuation.yield(QMPClient.Event(name: name, data: message["data"], timestamp: timestamp))
+            let event = QMPClient.Event(name: name, data: message["data"], timestamp: timestamp)
+            // Armed commands first: the ones whose trigger accepts this event go out now.
+            let armed = state.withLockedValue { $0.reflexes }
+            for (token, reflex) in armed.sorted(by: { $0.key < $1.key }) where reflex.trigger(event) {
+                if state.withLockedValue({ $0.reflexes.removeValue(forKey: token) }) != nil { reflex.send() }
+            }
+            eventContinuation.yield(event)
         } else if let id = message["id"]?.int {
             let (waiter, command) = state.withLockedValue { state in
                 (state.pending.removeValue(forKey: id), state.commands.removeValue(forKey: id))
@@ -238,8 +299,11 @@ private final class Inbox: Sendable {
     func connectionClosed() {
         let waiters = state.withLockedValue { state -> [EventLoopPromise<JSONValue>] in
             state.closed = true
-            defer { state.pending = [:] }
-            return Array(state.pending.values)
+            defer {
+                state.pending = [:]
+                state.reflexes = [:]
+            }
+            return Array(state.pending.values) + state.reflexes.values.map(\.promise)
         }
         for waiter in waiters { waiter.fail(QMPError.disconnected) }
         let greeter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in

@@ -21,7 +21,7 @@ final class FakeQMPServer: Sendable {
 
     init(
         running: Bool = false, passesBeforeStop: Int? = nil, holdsBeforeLastPass: Bool = false, announcesActive: Bool = false,
-        stampedPause: Double? = nil
+        stampedPause: Double? = nil, offersOOB: Bool = false
     ) async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("qmp-\(UUID().uuidString.prefix(8)).sock").path
         let commands = self.commands
@@ -32,7 +32,8 @@ final class FakeQMPServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(
                         Handler(
                             running: running, passesBeforeStop: passesBeforeStop, holdsBeforeLastPass: holdsBeforeLastPass,
-                            announcesActive: announcesActive, stampedPause: stampedPause, commands: commands, arguments: arguments))
+                            announcesActive: announcesActive, stampedPause: stampedPause, offersOOB: offersOOB, commands: commands,
+                            arguments: arguments))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
@@ -55,6 +56,8 @@ final class FakeQMPServer: Sendable {
         /// `migrate` is followed by a MIGRATION event saying "active" (QEMU's first pass has begun).
         let announcesActive: Bool
         let stampedPause: Double?
+        /// The greeting offers out-of-band mode, as QEMU's does on a socket.
+        let offersOOB: Bool
         /// When `stop` came, in microseconds since 1970.
         let stoppedAt = NIOLockedValueBox(0)
 
@@ -69,8 +72,10 @@ final class FakeQMPServer: Sendable {
 
         init(
             running: Bool, passesBeforeStop: Int?, holdsBeforeLastPass: Bool = false, announcesActive: Bool = false,
-            stampedPause: Double? = nil, commands: NIOLockedValueBox<[String]>, arguments: NIOLockedValueBox<[String: JSONValue]>
+            stampedPause: Double? = nil, offersOOB: Bool = false, commands: NIOLockedValueBox<[String]>,
+            arguments: NIOLockedValueBox<[String: JSONValue]>
         ) {
+            self.offersOOB = offersOOB
             self.announcesActive = announcesActive
             self.stampedPause = stampedPause
             self.arguments = arguments
@@ -82,7 +87,8 @@ final class FakeQMPServer: Sendable {
         }
 
         func channelActive(context: ChannelHandlerContext) {
-            send(context, #"{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}"#)
+            let capabilities = offersOOB ? #"["oob"]"# : "[]"
+            send(context, #"{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": \#(capabilities)}}"#)
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -212,6 +218,34 @@ final class FakeQMPServer: Sendable {
         // The command after the failed one was sent all the same; the connection goes on.
         #expect(try await client.execute("echo", ["n": 6]) == ["n": 6])
         #expect(server.commands.withLockedValue { Array($0.suffix(4)) } == ["echo", "boom", "echo", "echo"])
+        await client.close()
+        await server.close()
+    }
+
+    /// Out-of-band mode is asked for where QEMU's greeting offers it, and only there.
+    @Test(arguments: [true, false])
+    func outOfBandModeIsNegotiatedWhereOffered(offered: Bool) async throws {
+        let server = try await FakeQMPServer(offersOOB: offered)
+        let client = try await QMPClient.connect(path: server.path)
+        let asked = server.arguments.withLockedValue { $0["qmp_capabilities"] }
+        #expect(asked == (offered ? ["enable": ["oob"]] : .null))
+        await client.close()
+        await server.close()
+    }
+
+    /// An armed command goes out when an event its trigger accepts arrives (here the STOP that
+    /// answers a query), once; one whose trigger accepts nothing can be withdrawn unsent.
+    @Test func anArmedCommandGoesOutOnItsEventOnly() async throws {
+        let server = try await FakeQMPServer()
+        let client = try await QMPClient.connect(path: server.path)
+        let onStop = client.arm(.init("echo", ["armed": true])) { $0.name == "STOP" }
+        let onResume = client.arm(.init("echo", ["never": true])) { $0.name == "RESUME" }
+        _ = try await client.execute("query-status")
+        #expect(try await onStop.reply.get() == ["armed": true])
+        _ = try await client.execute("query-status")  // a second STOP: nothing more goes out
+        client.disarm(onResume.token)
+        await #expect(throws: QMPError.self) { try await onResume.reply.get() }
+        #expect(server.commands.withLockedValue { $0 } == ["qmp_capabilities", "query-status", "echo", "query-status"])
         await client.close()
         await server.close()
     }
