@@ -30,7 +30,7 @@ public struct QEMUCommandLine: Sendable {
     /// SATA controller (Tern's disk is virtio), the SMBus controller and VMware's I/O port.
     /// Measured on a 1 GiB idle guest under TCG, with the vAPIC off as well: the last phase of a
     /// live migration (guest stopped at the source to running at the destination) went from a
-    /// median of 3.7 ms to 2.5 ms (runs of 8 moves; see README.md).
+    /// median of 3.9 ms to 2.7 ms (8 moves each, taking turns; see README.md).
     public static let leanMachine = "q35,smm=off,sata=off,smbus=off,vmport=off"
 
     public init(
