@@ -26,7 +26,7 @@ public struct QEMUCommandLine: Sendable {
     public var arguments: [String]
 
     /// `q35` without the parts a directly booted Linux guest does not use: system management
-    /// mode (firmware's; its separate memory view is one more address space to rebuild), the
+    /// mode (used by firmware, and its memory windows are rebuilt when the chipset loads), the
     /// SATA controller (Tern's disk is virtio), the SMBus controller and VMware's I/O port.
     /// Measured on a 1 GiB idle guest under TCG, with the vAPIC off as well: the last phase of a
     /// live migration (guest stopped at the source to running at the destination) went from a
