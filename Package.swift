@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "TernQEMU",
             dependencies: [
-                "TernCPU", "TernHypervisor",
+                "TernCPU", "TernHypervisor", "CTernHost",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

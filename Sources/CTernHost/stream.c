@@ -4,6 +4,9 @@
 #include "CTernHost.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdio.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +170,74 @@ int tern_accept(int listener, int timeout_ms, const volatile int *cancel) {
     int ready = wait_readable(listener, timeout_ms, cancel);
     if (ready <= 0) return -1;
     return accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+}
+
+int tern_tcp_connect(const char *host, int port, int timeout_ms) {
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found = NULL;
+    int status = getaddrinfo(host, service, &hints, &found);
+    if (status != 0) {
+        errno = status == EAI_SYSTEM ? errno : EHOSTUNREACH;
+        return -1;
+    }
+    int fd = -1, saved = ECONNREFUSED;
+    for (struct addrinfo *a = found; a != NULL && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        int error = 0;
+        socklen_t length = sizeof error;
+        if (connect(fd, a->ai_addr, a->ai_addrlen) < 0
+            && (errno != EINPROGRESS || wait_ready(fd, POLLOUT, timeout_ms, NULL) <= 0
+                || getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) < 0 || (errno = error) != 0)) {
+            saved = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(found);
+    if (fd < 0) {
+        errno = saved;
+        return -1;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
+int tern_send_with_fd(int socket, const void *data, size_t length, int fd) {
+    const char *bytes = data;
+    size_t sent = 0;
+    while (sent < length) {
+        struct iovec part = {.iov_base = (void *)(bytes + sent), .iov_len = length - sent};
+        union {
+            struct cmsghdr header;
+            char space[CMSG_SPACE(sizeof(int))];
+        } control;
+        struct msghdr message = {.msg_iov = &part, .msg_iovlen = 1};
+        if (sent == 0) {
+            // The descriptor rides with the first byte.
+            memset(&control, 0, sizeof control);
+            message.msg_control = control.space;
+            message.msg_controllen = sizeof control.space;
+            struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+            header->cmsg_level = SOL_SOCKET;
+            header->cmsg_type = SCM_RIGHTS;
+            header->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(header), &fd, sizeof(int));
+        }
+        ssize_t n = sendmsg(socket, &message, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_ready(socket, POLLOUT, 5000, NULL) <= 0) return -1;
+            continue;
+        }
+        if (n < 0) return -1;
+        sent += (size_t)n;
+    }
+    return 0;
 }
 
 // ---- copy -------------------------------------------------------------------------------

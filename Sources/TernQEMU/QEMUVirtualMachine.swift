@@ -1,3 +1,4 @@
+import CTernHost
 import Foundation
 import NIOConcurrencyHelpers
 import TernCPU
@@ -242,6 +243,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let running = try await runState() == .running
         let pauseForSetup = running && parameters.live && pausesForTrackingSetup
         let pausedHere = running && (!parameters.live || pauseForSetup)
+        let uri = try await streamURI(to: address, parameters: parameters)
         outgoing.withLockedValue { $0 = OutgoingMigration(holdsBeforeLastPass: holds, pausedForSetup: pauseForSetup) }
         let paused = ContinuousClock.now
         let pausedAtWallClock = Date().timeIntervalSince1970
@@ -270,7 +272,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         defer { if let armed { client.disarm(armed) } }
         do {
             // The pause and the start go together (QEMU runs them in this order).
-            let start = QMPClient.Command("migrate", ["uri": .string(address.qemuURI)])
+            let start = QMPClient.Command("migrate", ["uri": .string(uri)])
             try await client.execute(inOrder: pausedHere ? [QMPClient.Command("stop"), start] : [start])
         } catch {
             if pausedHere { _ = try? await client.execute("cont") }
@@ -278,7 +280,9 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         }
         guard pauseForSetup else { return .zero }
         // QEMU reports "setup" until its first pass has begun; its MIGRATION event for "active"
-        // lets the guest go on at once (``resumeAfterSetup``). Asked rarely meanwhile, in case.
+        // lets the guest go on at once (``resumeAfterSetup``). Asked only after 20 ms without
+        // that word, in case: a query takes QEMU's big lock, which its setup needs.
+        var lastAsked = ContinuousClock.now
         while true {
             if let outcome = outgoing.withLockedValue({ $0.setupOutcome }) {
                 switch outcome {
@@ -292,6 +296,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             await waitForMigrationChange(upTo: .milliseconds(20))
             // `cont` sent: its reply (or its timeout) is the outcome.
             if outgoing.withLockedValue({ $0.setupOutcome != nil || $0.setupResumeSent }) { continue }
+            guard ContinuousClock.now - lastAsked >= .milliseconds(20) else { continue }
+            lastAsked = ContinuousClock.now
             // QEMU's own word (``migrationProgress()`` would use up the report of the last pass
             // that it gives once, from the events, to whoever follows the migration).
             let status = Self.progress(from: try await client.execute("query-migrate")).status
@@ -302,6 +308,29 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             }
         }
     }
+
+    /// Where QEMU sends the stream: a socket connected here and handed to QEMU beforehand
+    /// (`getfd`), so that the `migrate` sent once the guest is paused is short (QEMU reads
+    /// commands a byte at a time) and QEMU connects nothing while the guest waits; the address
+    /// itself for several connections (QEMU opens them all by address) or when it cannot be
+    /// reached from here (QEMU then says why).
+    private func streamURI(to address: MigrationAddress, parameters: MigrationParameters) async throws -> String {
+        guard (parameters.connections ?? 1) <= 1 else { return address.qemuURI }
+        let socket: Int32
+        switch address {
+        case .unixSocket(let path): socket = tern_unix_connect(path)
+        case .tcp(let host, let port): socket = tern_tcp_connect(host, Int32(port), 10_000)
+        }
+        guard socket >= 0 else { return address.qemuURI }
+        defer { close(socket) }
+        // The destination has this connection now: should QEMU not take it, the destination's
+        // stream has already ended, and the move fails here.
+        try await client.execute("getfd", ["fdname": .string(Self.streamDescriptorName)], passing: socket)
+        return "fd:\(Self.streamDescriptorName)"
+    }
+
+    /// The name the stream's socket has in QEMU (`getfd`).
+    static let streamDescriptorName = "stream"
 
     /// How long the guest was paused, by QEMU's own clock: from its STOP event to its RESUME event,
     /// the first ones at or after `wallClock` (seconds since 1970). That is what the guest lived

@@ -1,3 +1,4 @@
+import CTernHost
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
@@ -48,6 +49,8 @@ public final class QMPClient: Sendable {
     }
 
     private let channel: any Channel
+    /// The connection's socket (the channel's own), for ``execute(_:_:passing:)``.
+    private let socket: Int32
     private let inbox: Inbox
     private var state: NIOLockedValueBox<State> { inbox.state }
     /// Events QEMU sends, in order. Ends when the connection closes.
@@ -55,8 +58,9 @@ public final class QMPClient: Sendable {
     /// Seconds a command may take before it fails with a timeout.
     public let commandTimeout: Double
 
-    private init(channel: any Channel, inbox: Inbox, timeout: Double) {
+    private init(channel: any Channel, socket: Int32, inbox: Inbox, timeout: Double) {
         self.channel = channel
+        self.socket = socket
         self.inbox = inbox
         self.commandTimeout = timeout
     }
@@ -67,6 +71,9 @@ public final class QMPClient: Sendable {
     public static func connect(path: String, timeout: Double = 10) async throws(QMPError) -> QMPClient {
         let inbox = Inbox()
         let channel: any Channel
+        // Connected here, so that the socket is known: descriptors are passed to QEMU on it.
+        let socket = tern_unix_connect(path)
+        guard socket >= 0 else { throw .connectionFailed(path: path, reason: String(cString: strerror(errno))) }
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .channelInitializer { channel in
@@ -75,11 +82,12 @@ public final class QMPClient: Sendable {
                             QMPLineHandler { message in inbox.receive(message) } onClose: { inbox.connectionClosed() })
                     }
                 }
-                .connect(unixDomainSocketPath: path).get()
+                .withConnectedSocket(socket).get()
         } catch {
+            Glibc.close(socket)
             throw .connectionFailed(path: path, reason: "\(error)")
         }
-        let client = QMPClient(channel: channel, inbox: inbox, timeout: timeout)
+        let client = QMPClient(channel: channel, socket: socket, inbox: inbox, timeout: timeout)
         do {
             try await client.waitForGreeting()
             // Out-of-band mode, where QEMU offers it, for its reading: QEMU reads a command a
@@ -149,6 +157,33 @@ public final class QMPClient: Sendable {
         try await execute(inOrder: [Command(command, arguments)])[0]
     }
 
+    /// Runs one QMP command with an open file descriptor passed along (SCM_RIGHTS), for the
+    /// commands that take one (`getfd`, `add-fd`). QEMU gets its own copy; `descriptor` stays
+    /// open here.
+    @discardableResult
+    public func execute(_ command: String, _ arguments: [String: JSONValue]? = nil, passing descriptor: Int32)
+        async throws(QMPError) -> JSONValue
+    {
+        let (socket, channel) = (self.socket, self.channel)
+        let reply = submit(Command(command, arguments), fulfilling: channel.eventLoop.makePromise()) { data in
+            // On the channel's own thread, once everything written before has left, so that no
+            // other command's bytes come between these.
+            channel.writeAndFlush(channel.allocator.buffer(capacity: 0)).flatMapThrowing {
+                let buffered = try channel.syncOptions?.getOption(.bufferedWritableBytes) ?? 0
+                guard buffered == 0 else { throw QMPError.disconnected }
+                let sent = data.withUnsafeBytes { tern_send_with_fd(socket, $0.baseAddress, $0.count, descriptor) }
+                guard sent == 0 else { throw QMPError.disconnected }
+            }
+        }
+        do {
+            return try await reply.get()
+        } catch let error as QMPError {
+            throw error
+        } catch {
+            throw .disconnected
+        }
+    }
+
     /// Sends `commands` at once, in this order, and returns their `return` values in the same
     /// order. QEMU runs a connection's commands one after another, so each sees what the ones
     /// before it did; what this saves is a round trip between them. The first failure, in
@@ -206,8 +241,13 @@ public final class QMPClient: Sendable {
         submit(command, fulfilling: channel.eventLoop.makePromise(of: JSONValue.self))
     }
 
+    /// Sends `command`, written by `write` (default: through the channel); its reply, a timeout,
+    /// or a failed write or the connection's end fulfills `promise`.
     @discardableResult
-    private func submit(_ command: Command, fulfilling promise: EventLoopPromise<JSONValue>) -> EventLoopFuture<JSONValue> {
+    private func submit(
+        _ command: Command, fulfilling promise: EventLoopPromise<JSONValue>,
+        write: ((Data) -> EventLoopFuture<Void>)? = nil
+    ) -> EventLoopFuture<JSONValue> {
         let id: Int? = state.withLockedValue { state in
             if state.closed { return nil }
             let id = state.nextID
@@ -236,7 +276,8 @@ public final class QMPClient: Sendable {
             }
             waiter?.fail(error)
         }
-        channel.writeAndFlush(channel.allocator.buffer(bytes: data)).whenFailure { _ in fail(.disconnected) }
+        let written = write?(data) ?? channel.writeAndFlush(channel.allocator.buffer(bytes: data))
+        written.whenFailure { _ in fail(.disconnected) }
         let name = command.name
         channel.eventLoop.scheduleTask(in: .milliseconds(Int64(commandTimeout * 1000))) { fail(.timeout(command: name)) }
         return promise.futureResult

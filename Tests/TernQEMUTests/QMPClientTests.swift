@@ -325,6 +325,35 @@ final class FakeQMPServer: Sendable {
         await server.close()
     }
 
+    /// The stream's socket is connected before the guest is paused and handed to QEMU (`getfd`),
+    /// so that the `migrate` sent once it is paused is short and QEMU connects nothing meanwhile;
+    /// a destination that cannot be reached from here is left to QEMU, by its address.
+    @Test func theStreamSocketIsHandedToQEMUBeforeThePause() async throws {
+        let destination = FileManager.default.temporaryDirectory.appendingPathComponent("in-\(UUID().uuidString.prefix(8)).sock").path
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(unixDomainSocketPath: destination, cleanupExistingSocketFile: true).get()
+        for (address, uri, first) in [
+            (MigrationAddress.unixSocket(destination), "fd:stream", ["getfd", "stop", "migrate", "cont"]),
+            (.tcp(host: "127.0.0.1", port: 1), "tcp:127.0.0.1:1", ["stop", "migrate", "cont"]),
+        ] {
+            let server = try await FakeQMPServer(running: true, announcesActive: true)
+            let client = try await QMPClient.connect(path: server.path)
+            let vm = QEMUVirtualMachine(
+                name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+                map: try CPUMap.builtin(), child: nil, exactPasses: 3)
+            try await vm.migrate(to: address, parameters: MigrationParameters())
+            let sent = server.commands.withLockedValue { $0 }.filter { ["getfd", "stop", "migrate", "cont"].contains($0) }
+            #expect(sent == first, "\(sent)")
+            let arguments = server.arguments.withLockedValue { $0 }
+            #expect(arguments["migrate"]?["uri"]?.string == uri)
+            if uri.hasPrefix("fd:") { #expect(arguments["getfd"]?["fdname"]?.string == "stream") }
+            await client.close()
+            await server.close()
+        }
+        try await listener.close()
+        try? FileManager.default.removeItem(atPath: destination)
+    }
+
     /// QEMU's MIGRATION event for "active" lets the guest paused for tracking setup go on at
     /// once, without a query in between (every query waits for QEMU's big lock).
     @Test func theGuestGoesOnAsSoonAsQEMUAnnouncesTheFirstPass() async throws {

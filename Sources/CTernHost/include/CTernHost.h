@@ -19,6 +19,15 @@ int tern_unix_listen(const char *path);
 /// Connects a unix stream socket to `path`. Returns the descriptor, or -1 with errno set.
 int tern_unix_connect(const char *path);
 
+/// Connects a TCP socket to `host`:`port` (a name or an address), waiting at most `timeout_ms`
+/// milliseconds (0: the system's own limit). Returns a blocking descriptor, or -1 with errno set.
+int tern_tcp_connect(const char *host, int port, int timeout_ms);
+
+/// Writes all `length` bytes of `data` to the unix socket `socket`, passing the descriptor `fd`
+/// with the first of them (SCM_RIGHTS), waiting while the socket is full (at most 5 s at a time).
+/// Returns 0, or -1 with errno set.
+int tern_send_with_fd(int socket, const void *data, size_t length, int fd);
+
 /// A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick), or -1 with errno set.
 int tern_tcp_free_port(void);
 
