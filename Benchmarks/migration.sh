@@ -35,8 +35,10 @@
 # migrate to a file (stop, 'migrate exec:cat > FILE') and '-incoming exec:cat FILE', in turns.
 #
 # Usage: [RUNS=3] [MEMORY=1024] [DIRTY_MB=256] [TERN_BIN=.build-release/release] [TERN_ARGS="--connections 1"] [KEEP=1]
-#        [SETTLE=0.5] [JITTER=2.5] [WARM=MiB] [CASES="idle dirty"] [METHODS="tern qemu tern-tcp qemu-unix virsh save"] Benchmarks/migration.sh
-# (CASES and METHODS narrow a run down for experiments; the figures to report come from a full run.)
+#        [SETTLE=0.5] [JITTER=2.5] [WARM=MiB] [CASES="idle dirty"] [METHODS="tern qemu tern-tcp qemu-unix virsh save"]
+#        [TERN_DEVICES="<memballoon model='none'/>"] Benchmarks/migration.sh
+# (CASES and METHODS narrow a run down for experiments; the figures to report come from a full run.
+# TERN_DEVICES goes into the <devices> of Tern's VMs: Tern's default devices are left out there.)
 # Needs root (QEMU, libvirt). TCG only.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -272,7 +274,8 @@ start_tern_vm() { # NAME CASE: define and start on daemon a
   <memory unit='MiB'>$MEMORY</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='q35'>hvm</type><kernel>$KERNEL</kernel><initrd>$INITRD</initrd>
-    <cmdline>$(cmdline_for "$2")</cmdline></os>
+    <cmdline>$(cmdline_for "$2")</cmdline></os>${TERN_DEVICES:+
+  <devices>$TERN_DEVICES</devices>}
 </domain>
 EOF
     "$TERN" start "$1" --connect "$work/a/ternd.sock" >/dev/null || die "tern start failed"
