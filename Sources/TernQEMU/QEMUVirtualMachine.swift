@@ -1,6 +1,7 @@
 import CTernHost
 import Foundation
 import NIOConcurrencyHelpers
+import NIOPosix
 import TernCPU
 import TernHypervisor
 
@@ -316,10 +317,12 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// reached from here (QEMU then says why).
     private func streamURI(to address: MigrationAddress, parameters: MigrationParameters) async throws -> String {
         guard (parameters.connections ?? 1) <= 1 else { return address.qemuURI }
-        let socket: Int32
-        switch address {
-        case .unixSocket(let path): socket = tern_unix_connect(path)
-        case .tcp(let host, let port): socket = tern_tcp_connect(host, Int32(port), 10_000)
+        // A connection across the network may wait for its time limit: not on this task's thread.
+        let socket = try await NIOThreadPool.singleton.runIfActive { () -> Int32 in
+            switch address {
+            case .unixSocket(let path): tern_unix_connect(path)
+            case .tcp(let host, let port): tern_tcp_connect(host, Int32(port), 10_000)
+            }
         }
         guard socket >= 0 else { return address.qemuURI }
         defer { close(socket) }
