@@ -169,19 +169,16 @@ public final class QMPClient: Sendable {
             // On the channel's own thread, once everything written before has left, so that no
             // other command's bytes come between these.
             channel.writeAndFlush(channel.allocator.buffer(capacity: 0)).flatMapThrowing {
+                let unsent = { (why: String) in
+                    QMPError.commandFailed(command: command, errorClass: "Tern", message: "the descriptor was not passed: \(why)")
+                }
                 let buffered = try channel.syncOptions?.getOption(.bufferedWritableBytes) ?? 0
-                guard buffered == 0 else { throw QMPError.disconnected }
+                guard buffered == 0 else { throw unsent("\(buffered) bytes of other commands are still unsent") }
                 let sent = data.withUnsafeBytes { tern_send_with_fd(socket, $0.baseAddress, $0.count, descriptor) }
-                guard sent == 0 else { throw QMPError.disconnected }
+                guard sent == 0 else { throw unsent(String(cString: strerror(errno))) }
             }
         }
-        do {
-            return try await reply.get()
-        } catch let error as QMPError {
-            throw error
-        } catch {
-            throw .disconnected
-        }
+        return try await Self.value(of: reply)
     }
 
     /// Sends `commands` at once, in this order, and returns their `return` values in the same
@@ -192,16 +189,19 @@ public final class QMPClient: Sendable {
     public func execute(inOrder commands: [Command]) async throws(QMPError) -> [JSONValue] {
         let replies = commands.map { submit($0) }
         var values: [JSONValue] = []
-        for reply in replies {
-            do {
-                values.append(try await reply.get())
-            } catch let error as QMPError {
-                throw error
-            } catch {
-                throw .disconnected
-            }
-        }
+        for reply in replies { values.append(try await Self.value(of: reply)) }
         return values
+    }
+
+    /// A command's `return` value, or its failure as a ``QMPError``.
+    private static func value(of reply: EventLoopFuture<JSONValue>) async throws(QMPError) -> JSONValue {
+        do {
+            return try await reply.get()
+        } catch let error as QMPError {
+            throw error
+        } catch {
+            throw .disconnected
+        }
     }
 
     /// Arms `command` to be sent the moment an event arrives that `trigger` accepts, from the
@@ -277,7 +277,7 @@ public final class QMPClient: Sendable {
             waiter?.fail(error)
         }
         let written = write?(data) ?? channel.writeAndFlush(channel.allocator.buffer(bytes: data))
-        written.whenFailure { _ in fail(.disconnected) }
+        written.whenFailure { error in fail(error as? QMPError ?? .disconnected) }
         let name = command.name
         channel.eventLoop.scheduleTask(in: .milliseconds(Int64(commandTimeout * 1000))) { fail(.timeout(command: name)) }
         return promise.futureResult
