@@ -226,12 +226,15 @@ extension VMHost {
             // it has all of it (and never if the stream fails); asked after, at once.
             if resumes { try await vm.resume() }
             try await waitUntilReceived(name, vm)
+            var state = try await vm.runState()
             // A guest paused on the source when its last pass began (a non-live move, or one
             // whose first pass was made paused and finished at once) arrives marked paused, and
             // the hypervisor then keeps it paused despite the word to resume: say it again.
-            if resumes, try await vm.runState() == .paused { try await vm.resume() }
+            if resumes, state == .paused {
+                try await vm.resume()
+                state = try await vm.runState()
+            }
             let resumed = ContinuousClock.now
-            let state = try await vm.runState()
             guard state == .running || state == .paused else {
                 throw HypervisorError.commandFailed(command: "query-status", message: "the received guest is \(state.rawValue)")
             }
@@ -352,7 +355,7 @@ extension VMHost {
     private func waitUntilReceived(_ name: String, _ vm: any VirtualMachineInstance) async throws {
         var deadline = ContinuousClock.now + .seconds(120)
         while true {
-            let progress = try await vm.migrationProgress()
+            let progress = try await vm.receivingProgress()
             switch progress.status {
             case .completed: return
             case .failed, .cancelled:

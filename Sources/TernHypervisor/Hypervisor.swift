@@ -78,6 +78,11 @@ public protocol VirtualMachineInstance: Sendable {
     func migrate(to address: MigrationAddress, parameters: MigrationParameters) async throws -> Duration
     /// Where the current migration (outgoing, or incoming for an incoming VM) stands.
     func migrationProgress() async throws -> MigrationProgress
+    /// For an incoming VM waiting for its state: where the migration stands, told from what the
+    /// hypervisor announced where that suffices (a query may have to wait until the state is
+    /// loaded, and take processor time from the load meanwhile). For waiting on the end, where
+    /// an answer a moment old does no harm; decisions ask ``migrationProgress()``.
+    func receivingProgress() async throws -> MigrationProgress
     /// Waits until the migration's state may have changed (the hypervisor says so, or the guest
     /// stops for the last pass), or at most `limit`. Lets a follower poll rarely without
     /// missing the moment the migration ends.

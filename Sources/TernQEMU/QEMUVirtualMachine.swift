@@ -42,6 +42,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// phase); and, when it was given up before its last pass for needing too many, the passes
     /// it would have made.
     private let outgoing = NIOLockedValueBox(OutgoingMigration())
+    /// An incoming migration: whether this VM listens for one, and what QEMU last said of it
+    /// (its MIGRATION event's status, or a query's) and when.
+    private let receiving = NIOLockedValueBox<(listening: Bool, status: String?, at: ContinuousClock.Instant)>(
+        (false, nil, .now))
     /// The settings ``prepareMigration(_:)`` applied for the next outgoing migration.
     private let outgoingSettings = NIOLockedValueBox<MigrationParameters?>(nil)
     struct OutgoingMigration {
@@ -94,11 +98,14 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let transitions = self.transitions
         let migrationSignal = self.migrationSignal
         let outgoing = self.outgoing
+        let receiving = self.receiving
         eventTask = Task {
             for await event in client.events {
                 switch event.name {
                 case "MIGRATION":
-                    switch event.data?["status"]?.string {
+                    let status = event.data?["status"]?.string
+                    receiving.withLockedValue { if $0.listening { $0.status = status; $0.at = .now } }
+                    switch status {
                     case "active": await Self.resumeAfterSetup(client: client, outgoing: outgoing)
                     case "pre-switchover": await Self.decideLastPass(client: client, outgoing: outgoing, exactPasses: exactPasses)
                     default: break
@@ -255,8 +262,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         if pauseForSetup {
             let (signal, outgoing) = (migrationSignal, self.outgoing)
             let (token, reply) = client.arm(QMPClient.Command("cont")) { event in
-                event.name == "MIGRATION" && event.data?["status"]?.string == "active"
-                    && Self.claimSetupResume(outgoing, byArmedCommand: true)
+                Self.endsSetupPause(event) && Self.claimSetupResume(outgoing, byArmedCommand: true)
             }
             armed = token
             reply.whenComplete { result in
@@ -280,9 +286,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             throw error
         }
         guard pauseForSetup else { return .zero }
-        // QEMU reports "setup" until its first pass has begun; its MIGRATION event for "active"
-        // lets the guest go on at once (``resumeAfterSetup``). Asked only after 20 ms without
-        // that word, in case: a query takes QEMU's big lock, which its setup needs.
+        // QEMU reports "setup" until its first pass has begun; its events for that pass (the
+        // armed `cont`, ``endsSetupPause``) or for "active" (``resumeAfterSetup``) let the guest
+        // go on at once. Asked only after 20 ms without that word, in case: a query takes QEMU's
+        // big lock, which its setup needs.
         var lastAsked = ContinuousClock.now
         while true {
             if let outcome = outgoing.withLockedValue({ $0.setupOutcome }) {
@@ -364,6 +371,17 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         outgoing.withLockedValue { $0.setupOutcome = outcome }
     }
 
+    /// The event after which the guest may run again: QEMU announces the first pass
+    /// (MIGRATION_PASS 1) the moment tracking is on and that pass is over, a fraction of a
+    /// millisecond before the rest of its setup ends with the status `active`.
+    static func endsSetupPause(_ event: QMPClient.Event) -> Bool {
+        switch event.name {
+        case "MIGRATION_PASS": return (event.data?["pass"]?.int ?? 0) >= 1
+        case "MIGRATION": return event.data?["status"]?.string == "active"
+        default: return false
+        }
+    }
+
     /// True for the one caller that may send the `cont` ending the setup pause.
     private static func claimSetupResume(_ outgoing: NIOLockedValueBox<OutgoingMigration>, byArmedCommand: Bool) -> Bool {
         outgoing.withLockedValue { state in
@@ -419,7 +437,9 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             return progress
         }
         if let fromEvents { return fromEvents }
-        var progress = Self.progress(from: try await client.execute("query-migrate"))
+        let info = try await client.execute("query-migrate")
+        receiving.withLockedValue { if $0.listening { $0.status = info["status"]?.string; $0.at = .now } }
+        var progress = Self.progress(from: info)
         let events = outgoing.withLockedValue { state in
             state.lastProgress = progress
             return state
@@ -433,6 +453,25 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             progress.rounds = passes
         }
         return progress
+    }
+
+    /// A receiving QEMU loads the state on the thread that answers queries: while its events
+    /// say the state is still arriving, a query would only wait for the load to end, taking
+    /// processor time from it meanwhile (QEMU reads commands a byte at a time). Its MIGRATION
+    /// event says when the state is in; a QEMU that ended says nothing, so a query still goes
+    /// out once nothing was heard for a second. Its event for "completed" comes once the guest
+    /// is resumed (or left paused) as asked, so it is taken at its word.
+    public func receivingProgress() async throws -> MigrationProgress {
+        let announced = receiving.withLockedValue { state -> MigrationProgress.Status? in
+            guard state.listening else { return nil }
+            switch state.status {
+            case "completed": return .completed
+            case "active" where ContinuousClock.now - state.at < .seconds(1): return .active
+            default: return nil
+            }
+        }
+        if let announced { return MigrationProgress(status: announced) }
+        return try await migrationProgress()
     }
 
     /// QEMU holds the guest stopped before its last pass (capability pause-before-switchover):
@@ -479,8 +518,9 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// For a VM started with `-incoming defer`: sets the same capabilities as the sender and
     /// listens at `address`. Returns the address really listened on (TCP port 0 resolved).
     func receive(at address: MigrationAddress, parameters: MigrationParameters) async throws -> MigrationAddress {
+        receiving.withLockedValue { $0 = (true, nil, .now) }
         // Sent together: QEMU runs them in this order, so it listens with these capabilities.
-        try await listen(
+        return try await listen(
             at: address,
             after: Self.migrationSettings(parameters, outgoing: false)
                 + [QMPClient.Command("migrate-incoming", ["uri": .string(address.qemuURI)])])

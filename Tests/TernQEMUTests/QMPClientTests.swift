@@ -21,7 +21,7 @@ final class FakeQMPServer: Sendable {
 
     init(
         running: Bool = false, passesBeforeStop: Int? = nil, holdsBeforeLastPass: Bool = false, announcesActive: Bool = false,
-        stampedPause: Double? = nil, offersOOB: Bool = false
+        announcesFirstPass: Bool = false, stampedPause: Double? = nil, offersOOB: Bool = false
     ) async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("qmp-\(UUID().uuidString.prefix(8)).sock").path
         let commands = self.commands
@@ -32,8 +32,8 @@ final class FakeQMPServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(
                         Handler(
                             running: running, passesBeforeStop: passesBeforeStop, holdsBeforeLastPass: holdsBeforeLastPass,
-                            announcesActive: announcesActive, stampedPause: stampedPause, offersOOB: offersOOB, commands: commands,
-                            arguments: arguments))
+                            announcesActive: announcesActive, announcesFirstPass: announcesFirstPass, stampedPause: stampedPause,
+                            offersOOB: offersOOB, commands: commands, arguments: arguments))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
@@ -55,6 +55,9 @@ final class FakeQMPServer: Sendable {
         let arguments: NIOLockedValueBox<[String: JSONValue]>
         /// `migrate` is followed by a MIGRATION event saying "active" (QEMU's first pass has begun).
         let announcesActive: Bool
+        /// `migrate` is followed by QEMU's MIGRATION_PASS event for its first pass only (its
+        /// setup goes on a moment longer before it says "active").
+        let announcesFirstPass: Bool
         let stampedPause: Double?
         /// The greeting offers out-of-band mode, as QEMU's does on a socket.
         let offersOOB: Bool
@@ -72,10 +75,11 @@ final class FakeQMPServer: Sendable {
 
         init(
             running: Bool, passesBeforeStop: Int?, holdsBeforeLastPass: Bool = false, announcesActive: Bool = false,
-            stampedPause: Double? = nil, offersOOB: Bool = false, commands: NIOLockedValueBox<[String]>,
-            arguments: NIOLockedValueBox<[String: JSONValue]>
+            announcesFirstPass: Bool = false, stampedPause: Double? = nil, offersOOB: Bool = false,
+            commands: NIOLockedValueBox<[String]>, arguments: NIOLockedValueBox<[String: JSONValue]>
         ) {
             self.offersOOB = offersOOB
+            self.announcesFirstPass = announcesFirstPass
             self.announcesActive = announcesActive
             self.stampedPause = stampedPause
             self.arguments = arguments
@@ -155,6 +159,15 @@ final class FakeQMPServer: Sendable {
                         }
                         send(context, #"{"return": {}, "id": \#(id)}"#)
                     }
+                case "migrate-incoming" where announcesActive:
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
+                    send(context, #"{"event": "MIGRATION", "data": {"status": "active"}, "timestamp": {"seconds": 1, "microseconds": 0}}"#)
+                case "arrive":  // the incoming state is in
+                    send(context, #"{"event": "MIGRATION", "data": {"status": "completed"}, "timestamp": {"seconds": 1, "microseconds": 0}}"#)
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
+                case "migrate" where announcesFirstPass:
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
+                    send(context, #"{"event": "MIGRATION_PASS", "data": {"pass": 1}, "timestamp": {"seconds": 1, "microseconds": 0}}"#)
                 case "migrate" where announcesActive:
                     send(context, #"{"return": {}, "id": \#(id)}"#)
                     send(context, #"{"event": "MIGRATION", "data": {"status": "active"}, "timestamp": {"seconds": 1, "microseconds": 0}}"#)
@@ -354,10 +367,12 @@ final class FakeQMPServer: Sendable {
         try? FileManager.default.removeItem(atPath: destination)
     }
 
-    /// QEMU's MIGRATION event for "active" lets the guest paused for tracking setup go on at
-    /// once, without a query in between (every query waits for QEMU's big lock).
-    @Test func theGuestGoesOnAsSoonAsQEMUAnnouncesTheFirstPass() async throws {
-        let server = try await FakeQMPServer(running: true, announcesActive: true)
+    /// QEMU's MIGRATION_PASS event for its first pass (or, should that be missed, its MIGRATION
+    /// event for "active") lets the guest paused for tracking setup go on at once, without a
+    /// query in between (every query waits for QEMU's big lock).
+    @Test(arguments: [false, true])
+    func theGuestGoesOnAsSoonAsQEMUAnnouncesTheFirstPass(passEventOnly: Bool) async throws {
+        let server = try await FakeQMPServer(running: true, announcesActive: !passEventOnly, announcesFirstPass: passEventOnly)
         let client = try await QMPClient.connect(path: server.path)
         let vm = QEMUVirtualMachine(
             name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
@@ -367,6 +382,29 @@ final class FakeQMPServer: Sendable {
         let afterMigrate = sent.drop { $0 != "migrate" }
         #expect(Array(afterMigrate) == ["migrate", "cont"], "\(sent)")
         #expect(pause > .zero)
+        await client.close()
+        await server.close()
+    }
+
+    /// A receiving QEMU loads the state on the thread that answers queries: while it waits for
+    /// the end, a receiving VM's progress is told from QEMU's events, without a query (which
+    /// would only wait for the load); decisions still ask.
+    @Test func aReceivingVMIsNotQueriedWhileTheStateLoads() async throws {
+        let server = try await FakeQMPServer(announcesActive: true)
+        let client = try await QMPClient.connect(path: server.path)
+        let vm = QEMUVirtualMachine(
+            name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+            map: try CPUMap.builtin(), child: nil, exactPasses: nil)
+        _ = try await vm.receive(at: .unixSocket("/nonexistent/in.sock"), parameters: MigrationParameters())
+        await vm.waitForMigrationChange(upTo: .seconds(5))  // QEMU's MIGRATION event: "active"
+        #expect(try await vm.receivingProgress().status == .active)
+        #expect(!server.commands.withLockedValue { $0 }.contains("query-migrate"))
+        try await client.execute("arrive")
+        await vm.waitForMigrationChange(upTo: .seconds(5))  // "completed"
+        #expect(try await vm.receivingProgress().status == .completed)
+        #expect(!server.commands.withLockedValue { $0 }.contains("query-migrate"))
+        _ = try await vm.migrationProgress()
+        #expect(server.commands.withLockedValue { $0 }.contains("query-migrate"))
         await client.close()
         await server.close()
     }
