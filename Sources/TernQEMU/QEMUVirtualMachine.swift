@@ -43,9 +43,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// it would have made.
     private let outgoing = NIOLockedValueBox(OutgoingMigration())
     /// An incoming migration: whether this VM listens for one, and what QEMU last said of it
-    /// (its MIGRATION event's status, or a query's) and when.
-    private let receiving = NIOLockedValueBox<(listening: Bool, status: String?, at: ContinuousClock.Instant)>(
-        (false, nil, .now))
+    /// (its MIGRATION event's status, or a query's).
+    private let receiving = NIOLockedValueBox<(listening: Bool, status: String?)>((false, nil))
     /// The settings ``prepareMigration(_:)`` applied for the next outgoing migration.
     private let outgoingSettings = NIOLockedValueBox<MigrationParameters?>(nil)
     struct OutgoingMigration {
@@ -104,7 +103,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
                 switch event.name {
                 case "MIGRATION":
                     let status = event.data?["status"]?.string
-                    receiving.withLockedValue { if $0.listening { $0.status = status; $0.at = .now } }
+                    receiving.withLockedValue { if $0.listening { $0.status = status } }
                     switch status {
                     case "active": await Self.resumeAfterSetup(client: client, outgoing: outgoing)
                     case "pre-switchover": await Self.decideLastPass(client: client, outgoing: outgoing, exactPasses: exactPasses)
@@ -438,7 +437,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         }
         if let fromEvents { return fromEvents }
         let info = try await client.execute("query-migrate")
-        receiving.withLockedValue { if $0.listening { $0.status = info["status"]?.string; $0.at = .now } }
+        receiving.withLockedValue { if $0.listening { $0.status = info["status"]?.string } }
         var progress = Self.progress(from: info)
         let events = outgoing.withLockedValue { state in
             state.lastProgress = progress
@@ -458,15 +457,16 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// A receiving QEMU loads the state on the thread that answers queries: while its events
     /// say the state is still arriving, a query would only wait for the load to end, taking
     /// processor time from it meanwhile (QEMU reads commands a byte at a time). Its MIGRATION
-    /// event says when the state is in; a QEMU that ended says nothing, so a query still goes
-    /// out once nothing was heard for a second. Its event for "completed" comes once the guest
-    /// is resumed (or left paused) as asked, so it is taken at its word.
+    /// event says when the state is in (or that it failed); a QEMU that ended says nothing, but
+    /// its connection closes, and then the query says so. Its event for "completed" comes once
+    /// the guest is resumed (or left paused) as asked, so it is taken at its word.
     public func receivingProgress() async throws -> MigrationProgress {
+        let connected = client.isConnected
         let announced = receiving.withLockedValue { state -> MigrationProgress.Status? in
-            guard state.listening else { return nil }
+            guard state.listening, connected else { return nil }
             switch state.status {
             case "completed": return .completed
-            case "active" where ContinuousClock.now - state.at < .seconds(1): return .active
+            case "active": return .active
             default: return nil
             }
         }
@@ -518,7 +518,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// For a VM started with `-incoming defer`: sets the same capabilities as the sender and
     /// listens at `address`. Returns the address really listened on (TCP port 0 resolved).
     func receive(at address: MigrationAddress, parameters: MigrationParameters) async throws -> MigrationAddress {
-        receiving.withLockedValue { $0 = (true, nil, .now) }
+        receiving.withLockedValue { $0 = (true, nil) }
         // Sent together: QEMU runs them in this order, so it listens with these capabilities.
         return try await listen(
             at: address,

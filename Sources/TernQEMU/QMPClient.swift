@@ -55,6 +55,8 @@ public final class QMPClient: Sendable {
     private var state: NIOLockedValueBox<State> { inbox.state }
     /// Events QEMU sends, in order. Ends when the connection closes.
     public var events: AsyncStream<Event> { inbox.events }
+    /// False once the connection has closed (QEMU exited, or ``close()``).
+    public var isConnected: Bool { !state.withLockedValue { $0.closed } }
     /// Seconds a command may take before it fails with a timeout.
     public let commandTimeout: Double
 

@@ -405,7 +405,9 @@ final class FakeQMPServer: Sendable {
         #expect(!server.commands.withLockedValue { $0 }.contains("query-migrate"))
         _ = try await vm.migrationProgress()
         #expect(server.commands.withLockedValue { $0 }.contains("query-migrate"))
+        // A QEMU that ended says nothing more: with its connection gone, the answer is the query's.
         await client.close()
+        await #expect(throws: QMPError.self) { try await vm.receivingProgress() }
         await server.close()
     }
 
