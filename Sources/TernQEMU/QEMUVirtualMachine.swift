@@ -42,8 +42,8 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// phase); and, when it was given up before its last pass for needing too many, the passes
     /// it would have made.
     private let outgoing = NIOLockedValueBox(OutgoingMigration())
-    /// An incoming migration: whether this VM listens for one, and what QEMU last said of it
-    /// (its MIGRATION event's status, or a query's).
+    /// An incoming migration: whether this VM listens for one, and the status QEMU's last
+    /// MIGRATION event gave it.
     private let receiving = NIOLockedValueBox<(listening: Bool, status: String?)>((false, nil))
     /// The settings ``prepareMigration(_:)`` applied for the next outgoing migration.
     private let outgoingSettings = NIOLockedValueBox<MigrationParameters?>(nil)
@@ -436,9 +436,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             return progress
         }
         if let fromEvents { return fromEvents }
-        let info = try await client.execute("query-migrate")
-        receiving.withLockedValue { if $0.listening { $0.status = info["status"]?.string } }
-        var progress = Self.progress(from: info)
+        var progress = Self.progress(from: try await client.execute("query-migrate"))
         let events = outgoing.withLockedValue { state in
             state.lastProgress = progress
             return state
