@@ -107,7 +107,7 @@ let package = Package(
         .testTarget(
             name: "TernQEMUTests",
             dependencies: [
-                "TernQEMU", "TernCPU", "TernHypervisor", .product(name: "NIOCore", package: "swift-nio"),
+                "TernQEMU", "TernCPU", "TernHypervisor", "CTernHost", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

@@ -50,10 +50,15 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
     /// from the start of the transfer until it resumes on the destination: a longer pause, but
     /// one pass over memory, and nothing the guest writes can be missed.
     public var live: Bool
+    /// While memory is sent with the guest running, the guest's vCPUs run only on processor
+    /// time nothing else on the host wants (they yield to the migration), up to a few seconds.
+    /// On a host short of processors the move is shorter and less is left for the last pass;
+    /// on one with processors to spare nothing changes for the guest.
+    public var guestYields: Bool
 
     public init(
         maxDowntimeMs: Int? = nil, bandwidthMiBps: Int? = nil, connections: Int? = nil, autoConverge: Bool = false,
-        postcopy: Bool = false, live: Bool = true
+        postcopy: Bool = false, live: Bool = true, guestYields: Bool = true
     ) {
         self.maxDowntimeMs = maxDowntimeMs
         self.bandwidthMiBps = bandwidthMiBps
@@ -61,10 +66,11 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
         self.autoConverge = autoConverge
         self.postcopy = postcopy
         self.live = live
+        self.guestYields = guestYields
     }
 
     private enum CodingKeys: String, CodingKey {
-        case maxDowntimeMs, bandwidthMiBps, connections, autoConverge, postcopy, live
+        case maxDowntimeMs, bandwidthMiBps, connections, autoConverge, postcopy, live, guestYields
     }
 
     /// Absent keys take their defaults, so a request from an older client still reads.
@@ -76,7 +82,8 @@ public struct MigrationParameters: Sendable, Equatable, Codable {
             connections: try container.decodeIfPresent(Int.self, forKey: .connections),
             autoConverge: try container.decodeIfPresent(Bool.self, forKey: .autoConverge) ?? false,
             postcopy: try container.decodeIfPresent(Bool.self, forKey: .postcopy) ?? false,
-            live: try container.decodeIfPresent(Bool.self, forKey: .live) ?? true)
+            live: try container.decodeIfPresent(Bool.self, forKey: .live) ?? true,
+            guestYields: try container.decodeIfPresent(Bool.self, forKey: .guestYields) ?? true)
     }
 
     /// Settings for writing a VM to a file: one connection, no cap, and the guest stopped first

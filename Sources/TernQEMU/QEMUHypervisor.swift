@@ -210,8 +210,10 @@ public struct QEMUHypervisor: Hypervisor {
     public func attach(_ configuration: VMConfiguration, files: VMFiles, pid: Int32) async throws -> any VirtualMachineInstance {
         guard Self.isHypervisor(pid, of: files) else { throw HypervisorError.notRunning(configuration.name) }
         let client = try await QMPClient.connect(path: files.controlSocket.path)
-        return QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: nil,
+        let vm = QEMUVirtualMachine(name: configuration.name, pid: pid, client: client, files: files, map: map, child: nil,
             process: nil, exactPasses: exactLiveMigrationPasses)
+        await vm.endAnyYield()
+        return vm
     }
 
     public func processes(of files: VMFiles) -> [Int32] {

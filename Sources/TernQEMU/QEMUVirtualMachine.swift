@@ -47,6 +47,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     private let receiving = NIOLockedValueBox<(listening: Bool, status: String?)>((false, nil))
     /// The settings ``prepareMigration(_:)`` applied for the next outgoing migration.
     private let outgoingSettings = NIOLockedValueBox<MigrationParameters?>(nil)
+    /// The vCPU threads while they yield to an outgoing migration.
+    private let vcpuYield = VCPUYield()
+    /// The vCPU threads' ids (QEMU's `query-cpus-fast`), asked once.
+    private let vcpuThreadIDs = NIOLockedValueBox<[Int32]?>(nil)
     struct OutgoingMigration {
         var passes = 0
         var passesAtStop: Int?
@@ -98,6 +102,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let migrationSignal = self.migrationSignal
         let outgoing = self.outgoing
         let receiving = self.receiving
+        let vcpuYield = self.vcpuYield
         eventTask = Task {
             for await event in client.events {
                 switch event.name {
@@ -107,6 +112,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
                     switch status {
                     case "active": await Self.resumeAfterSetup(client: client, outgoing: outgoing)
                     case "pre-switchover": await Self.decideLastPass(client: client, outgoing: outgoing, exactPasses: exactPasses)
+                    case "completed", "failed", "cancelled": vcpuYield.end()
                     default: break
                     }
                     migrationSignal.fire()
@@ -192,6 +198,22 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         }
     }
 
+    /// The ids of the vCPUs' threads on this host.
+    func vcpuThreads() async throws -> [Int32] {
+        if let known = vcpuThreadIDs.withLockedValue({ $0 }) { return known }
+        let cpus = try await client.execute("query-cpus-fast")
+        let threads = (cpus.array ?? []).compactMap { $0["thread-id"]?.int }.map { Int32($0) }
+        vcpuThreadIDs.withLockedValue { $0 = threads }
+        return threads
+    }
+
+    /// A VM found running (its daemon started again): vCPU threads left yielding by a
+    /// migration the ended daemon was making get their usual policy back.
+    func endAnyYield() async {
+        guard VCPUYield.isPossible, let threads = try? await vcpuThreads() else { return }
+        VCPUYield.restoreIfIdle(threads: threads)
+    }
+
     public func guestFeatures() async throws -> [String] {
         map.registry.names(of: try await readGuestFeatures())
     }
@@ -251,6 +273,9 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
         let pauseForSetup = running && parameters.live && pausesForTrackingSetup
         let pausedHere = running && (!parameters.live || pauseForSetup)
         let uri = try await streamURI(to: address, parameters: parameters)
+        if running && parameters.live && parameters.guestYields && VCPUYield.isPossible {
+            vcpuYield.begin(threads: try await vcpuThreads())
+        }
         outgoing.withLockedValue { $0 = OutgoingMigration(holdsBeforeLastPass: holds, pausedForSetup: pauseForSetup) }
         let paused = ContinuousClock.now
         let pausedAtWallClock = Date().timeIntervalSince1970
@@ -281,6 +306,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
             let start = QMPClient.Command("migrate", ["uri": .string(uri)])
             try await client.execute(inOrder: pausedHere ? [QMPClient.Command("stop"), start] : [start])
         } catch {
+            vcpuYield.end()
             if pausedHere { _ = try? await client.execute("cont") }
             throw error
         }

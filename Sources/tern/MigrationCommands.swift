@@ -107,6 +107,10 @@ struct Migrate: AsyncParsableCommand {
         inversion: .prefixedNo,
         help: "Keep the guest running during the transfer (--no-live: pause it until it resumes on the destination).")
     var live = true
+    @Flag(
+        name: .customLong("yield"), inversion: .prefixedNo,
+        help: "While memory is sent with the guest running, its vCPUs use only processor time nothing else on this host wants, for up to 3 s (--no-yield: their usual priority).")
+    var guestYields = true
     @Option(help: ArgumentHelp("Give up after this long (the VM stays here).", valueName: "s")) var timeout: Int?
     @Option(
         help: ArgumentHelp(
@@ -117,7 +121,7 @@ struct Migrate: AsyncParsableCommand {
     var parameters: MigrationParameters {
         MigrationParameters(
             maxDowntimeMs: maxDowntime, bandwidthMiBps: bandwidth, connections: connections, autoConverge: autoConverge,
-            postcopy: postcopy, live: live)
+            postcopy: postcopy, live: live, guestYields: guestYields)
     }
 
     func validate() throws {

@@ -1,3 +1,4 @@
+import CTernHost
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
@@ -21,7 +22,7 @@ final class FakeQMPServer: Sendable {
 
     init(
         running: Bool = false, passesBeforeStop: Int? = nil, holdsBeforeLastPass: Bool = false, announcesActive: Bool = false,
-        announcesFirstPass: Bool = false, stampedPause: Double? = nil, offersOOB: Bool = false
+        announcesFirstPass: Bool = false, stampedPause: Double? = nil, offersOOB: Bool = false, vcpuThread: Int32? = nil
     ) async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("qmp-\(UUID().uuidString.prefix(8)).sock").path
         let commands = self.commands
@@ -33,7 +34,7 @@ final class FakeQMPServer: Sendable {
                         Handler(
                             running: running, passesBeforeStop: passesBeforeStop, holdsBeforeLastPass: holdsBeforeLastPass,
                             announcesActive: announcesActive, announcesFirstPass: announcesFirstPass, stampedPause: stampedPause,
-                            offersOOB: offersOOB, commands: commands, arguments: arguments))
+                            offersOOB: offersOOB, vcpuThread: vcpuThread, commands: commands, arguments: arguments))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
@@ -63,6 +64,8 @@ final class FakeQMPServer: Sendable {
         let offersOOB: Bool
         /// When `stop` came, in microseconds since 1970.
         let stoppedAt = NIOLockedValueBox(0)
+        /// The thread id `query-cpus-fast` gives its one vCPU.
+        let vcpuThread: Int32?
 
         /// When set, `query-migrate` is preceded by that many MIGRATION_PASS events and a STOP:
         /// QEMU stopping the guest for its last pass.
@@ -75,10 +78,11 @@ final class FakeQMPServer: Sendable {
 
         init(
             running: Bool, passesBeforeStop: Int?, holdsBeforeLastPass: Bool = false, announcesActive: Bool = false,
-            announcesFirstPass: Bool = false, stampedPause: Double? = nil, offersOOB: Bool = false,
+            announcesFirstPass: Bool = false, stampedPause: Double? = nil, offersOOB: Bool = false, vcpuThread: Int32? = nil,
             commands: NIOLockedValueBox<[String]>, arguments: NIOLockedValueBox<[String: JSONValue]>
         ) {
             self.offersOOB = offersOOB
+            self.vcpuThread = vcpuThread
             self.announcesFirstPass = announcesFirstPass
             self.announcesActive = announcesActive
             self.stampedPause = stampedPause
@@ -171,6 +175,12 @@ final class FakeQMPServer: Sendable {
                 case "migrate" where announcesActive:
                     send(context, #"{"return": {}, "id": \#(id)}"#)
                     send(context, #"{"event": "MIGRATION", "data": {"status": "active"}, "timestamp": {"seconds": 1, "microseconds": 0}}"#)
+                case "query-cpus-fast" where vcpuThread != nil:
+                    let cpu = #"{"cpu-index": 0, "thread-id": \#(vcpuThread ?? 0), "qom-path": "/machine/unattached/device[0]"}"#
+                    send(context, #"{"return": [\#(cpu)], "id": \#(id)}"#)
+                case "fail-migration":  // the migration fails (its destination went away, say)
+                    send(context, #"{"event": "MIGRATION", "data": {"status": "failed"}, "timestamp": {"seconds": 3, "microseconds": 0}}"#)
+                    send(context, #"{"return": {}, "id": \#(id)}"#)
                 case "boom":
                     send(context, #"{"error": {"class": "GenericError", "desc": "it broke"}, "id": \#(id)}"#)
                 case "echo":
@@ -382,6 +392,46 @@ final class FakeQMPServer: Sendable {
         let afterMigrate = sent.drop { $0 != "migrate" }
         #expect(Array(afterMigrate) == ["migrate", "cont"], "\(sent)")
         #expect(pause > .zero)
+        await client.close()
+        await server.close()
+    }
+
+    /// While memory is sent with the guest running, its vCPU threads run under SCHED_IDLE (they
+    /// yield to the migration), and get their own policy back when the migration ends, here by
+    /// failing. Asked not to (`--no-yield`), they keep it throughout. (A process stands in for
+    /// QEMU's vCPU thread: a thread id and a process id name the same kind of thing to the
+    /// scheduler.)
+    @Test(arguments: [true, false]) func theVCPUsYieldToTheMigrationUntilItEnds(yields: Bool) async throws {
+        let stand = Process()
+        stand.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        stand.arguments = ["60"]
+        try stand.run()
+        defer { stand.terminate() }
+        let thread = stand.processIdentifier
+        func policy() -> Int32 {
+            var policy: Int32 = -1
+            var priority: Int32 = 0
+            _ = tern_thread_policy(thread, &policy, &priority)
+            return policy
+        }
+        let usual = policy()
+        #expect(usual != tern_idle_policy())
+        let server = try await FakeQMPServer(running: true, announcesActive: true, vcpuThread: thread)
+        let client = try await QMPClient.connect(path: server.path)
+        let vm = QEMUVirtualMachine(
+            name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
+            map: try CPUMap.builtin(), child: nil, exactPasses: 3)
+        try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters(guestYields: yields))
+        // Where this process could not give the policy back, the vCPUs never yield.
+        #expect(policy() == (yields && VCPUYield.isPossible ? tern_idle_policy() : usual))
+        try await client.execute("fail-migration")
+        await vm.waitForMigrationChange(upTo: .seconds(5))
+        var tries = 0
+        while policy() != usual, tries < 500 {
+            try await Task.sleep(for: .milliseconds(2))
+            tries += 1
+        }
+        #expect(policy() == usual)
         await client.close()
         await server.close()
     }

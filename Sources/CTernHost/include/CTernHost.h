@@ -53,4 +53,18 @@ typedef struct {
 /// blocks: non-zero stops the copy with ECANCELED.
 tern_copy_result tern_copy(int in, int out, uint64_t limit, uint32_t crc, int idle_timeout_ms, const volatile int *cancel);
 
+/// Thread `tid`'s scheduling policy (SCHED_*) and static priority. 0, or -1 with errno set.
+int tern_thread_policy(int tid, int *policy, int *priority);
+
+/// Gives thread `tid` a scheduling policy and static priority (sched_setscheduler). 0, or -1
+/// with errno set.
+int tern_set_thread_policy(int tid, int policy, int priority);
+
+/// SCHED_IDLE: the thread runs on processor time no other thread wants.
+int tern_idle_policy(void);
+
+/// 1 if this process may take a thread out of SCHED_IDLE again (CAP_SYS_NICE, or an
+/// RLIMIT_NICE that allows nice 0), else 0.
+int tern_may_leave_idle_policy(void);
+
 #endif
