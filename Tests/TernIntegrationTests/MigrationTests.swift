@@ -510,6 +510,22 @@ import Glibc
         return (process, pipe, pid)
     }
 
+    /// The threads of the QEMU that runs `name` on `daemon`.
+    func qemuThreads(of name: String, on daemon: TestDaemon) throws -> [Int32] {
+        let info = try daemon.tern("dominfo", name, "--json").out
+        guard let range = info.range(of: "\"pid\" : "), let pid = Int32(info[range.upperBound...].prefix { $0.isNumber }) else {
+            throw DaemonError(message: "no pid for \(name): \(info)")
+        }
+        return try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").compactMap { Int32($0) }
+    }
+
+    /// A thread's scheduling policy (SCHED_*), or -1 if it has ended.
+    static func policy(of thread: Int32) -> Int32 {
+        var policy: Int32 = -1
+        var priority: Int32 = 0
+        return tern_thread_policy(thread, &policy, &priority) == 0 ? policy : -1
+    }
+
     /// Returns what `tern migrate` said.
     @discardableResult
     func expectStillOnSource(_ name: String, _ a: TestDaemon, _ b: TestDaemon, _ process: Process, _ pipe: Pipe) throws -> String {
@@ -539,8 +555,14 @@ import Glibc
         try withTwoDaemons(nil, nil) { a, b in
             try boot("survivor", on: a)
             let (process, pipe, pid) = try startSlowMigration("survivor", from: a, to: b)
+            // Memory is being sent with the guest running: its vCPU thread yields to the migration
+            // (where the daemon could give the policy back), and gets its policy back after.
+            let source = try qemuThreads(of: "survivor", on: a)
+            let mayYield = tern_may_leave_idle_policy() != 0
+            #expect(source.contains { Self.policy(of: $0) == tern_idle_policy() } == mayYield, "\(source.map(Self.policy))")
             kill(pid, SIGKILL)
             try expectStillOnSource("survivor", a, b, process, pipe)
+            #expect(!source.contains { Self.policy(of: $0) == tern_idle_policy() }, "a vCPU still yields after the move failed")
         }
     }
 

@@ -436,6 +436,29 @@ final class FakeQMPServer: Sendable {
         await server.close()
     }
 
+    /// A daemon that ended while a VM's vCPUs yielded finds them so when it starts again, and
+    /// gives them the usual policy back; threads under another policy are left alone.
+    @Test func vcpusLeftYieldingGetTheUsualPolicyBack() throws {
+        guard VCPUYield.isPossible else { return }  // nothing yields then (see the test above)
+        var stands: [Process] = []
+        for _ in 0..<2 {
+            let stand = Process()
+            stand.executableURL = URL(fileURLWithPath: "/bin/sleep")
+            stand.arguments = ["60"]
+            try stand.run()
+            stands.append(stand)
+        }
+        defer { for stand in stands { stand.terminate() } }
+        let (yielding, batch) = (stands[0].processIdentifier, stands[1].processIdentifier)
+        #expect(tern_set_thread_policy(yielding, tern_idle_policy(), 0) == 0)
+        #expect(tern_set_thread_policy(batch, 3 /* SCHED_BATCH */, 0) == 0)
+        VCPUYield.restoreIfIdle(threads: [yielding, batch])
+        var policy: Int32 = -1
+        var priority: Int32 = 0
+        #expect(tern_thread_policy(yielding, &policy, &priority) == 0 && policy == Int32(SCHED_OTHER))
+        #expect(tern_thread_policy(batch, &policy, &priority) == 0 && policy == 3 /* SCHED_BATCH */)
+    }
+
     /// A receiving QEMU loads the state on the thread that answers queries: while it waits for
     /// the end, a receiving VM's progress is told from QEMU's events, without a query (which
     /// would only wait for the load); decisions still ask.
