@@ -48,7 +48,7 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
     /// The settings ``prepareMigration(_:)`` applied for the next outgoing migration.
     private let outgoingSettings = NIOLockedValueBox<MigrationParameters?>(nil)
     /// The vCPU threads while they yield to an outgoing migration.
-    private let vcpuYield = VCPUYield()
+    private let vcpuYield: VCPUYield
     /// The vCPU threads' ids (QEMU's `query-cpus-fast`), asked once.
     private let vcpuThreadIDs = NIOLockedValueBox<[Int32]?>(nil)
     struct OutgoingMigration {
@@ -87,9 +87,10 @@ public final class QEMUVirtualMachine: VirtualMachineInstance {
 
     init(
         name: String, pid: Int32, client: QMPClient, files: VMFiles, map: CPUMap, child: Process?,
-        process: QEMUProcess? = nil, exactPasses: Int?
+        process: QEMUProcess? = nil, exactPasses: Int?, yieldLimit: Duration = VCPUYield.longest
     ) {
         self.exactPasses = exactPasses
+        vcpuYield = VCPUYield(limit: yieldLimit)
         self.name = name
         self.pid = pid
         self.client = client

@@ -18,8 +18,12 @@ import NIOConcurrencyHelpers
 /// guest. Only where this process may give the policy back (``isPossible``): leaving SCHED_IDLE
 /// takes CAP_SYS_NICE or a high enough RLIMIT_NICE.
 final class VCPUYield: Sendable {
-    /// The longest the vCPUs yield.
+    /// The longest the vCPUs yield by default.
     static let longest: Duration = .seconds(3)
+    /// The longest these vCPUs yield.
+    let limit: Duration
+
+    init(limit: Duration = VCPUYield.longest) { self.limit = limit }
 
     /// Whether this process could give the vCPU threads their policy back.
     static let isPossible = tern_may_leave_idle_policy() != 0
@@ -36,7 +40,7 @@ final class VCPUYield: Sendable {
 
     /// Moves `threads` to SCHED_IDLE, keeping the policy each had; threads already yielding, or
     /// whose policy cannot be read or changed (a thread that ended), are left as they are.
-    /// Ends by itself after ``longest``.
+    /// Ends by itself after ``limit``.
     func begin(threads: [Int32]) {
         guard Self.isPossible else { return }
         let idle = tern_idle_policy()
@@ -52,8 +56,9 @@ final class VCPUYield: Sendable {
             return !saved.isEmpty
         }
         guard moved else { return }
+        let limit = self.limit
         Task { [weak self] in
-            try? await Task.sleep(for: Self.longest)
+            try? await Task.sleep(for: limit)
             self?.end()
         }
     }

@@ -404,9 +404,12 @@ final class FakeQMPServer: Sendable {
     @Test(arguments: [true, false]) func theVCPUsYieldToTheMigrationUntilItEnds(yields: Bool) async throws {
         let stand = Process()
         stand.executableURL = URL(fileURLWithPath: "/bin/sleep")
-        stand.arguments = ["60"]
+        stand.arguments = ["3600"]
+        stand.standardOutput = FileHandle.nullDevice
+        stand.standardError = FileHandle.nullDevice
         try stand.run()
-        defer { stand.terminate() }
+        // SIGKILL: the test process's threads may block SIGTERM, and its children inherit that.
+        defer { kill(stand.processIdentifier, SIGKILL) }
         let thread = stand.processIdentifier
         func policy() -> Int32 {
             var policy: Int32 = -1
@@ -420,16 +423,17 @@ final class FakeQMPServer: Sendable {
         let client = try await QMPClient.connect(path: server.path)
         let vm = QEMUVirtualMachine(
             name: "fake", pid: 0, client: client, files: VMFiles(directory: URL(fileURLWithPath: "/nonexistent")),
-            map: try CPUMap.builtin(), child: nil, exactPasses: 3)
+            map: try CPUMap.builtin(), child: nil, exactPasses: 3, yieldLimit: .seconds(600))
         try await vm.migrate(to: .tcp(host: "127.0.0.1", port: 1), parameters: MigrationParameters(guestYields: yields))
         // Where this process could not give the policy back, the vCPUs never yield.
         #expect(policy() == (yields && VCPUYield.isPossible ? tern_idle_policy() : usual))
         try await client.execute("fail-migration")
         await vm.waitForMigrationChange(upTo: .seconds(5))
-        var tries = 0
-        while policy() != usual, tries < 500 {
-            try await Task.sleep(for: .milliseconds(2))
-            tries += 1
+        // (Up to a minute: in a full test run, the tests that wait on processes can hold up this one's
+        // tasks for tens of seconds.)
+        let deadline = ContinuousClock.now + .seconds(60)
+        while policy() != usual, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
         }
         #expect(policy() == usual)
         await client.close()
@@ -444,11 +448,13 @@ final class FakeQMPServer: Sendable {
         for _ in 0..<2 {
             let stand = Process()
             stand.executableURL = URL(fileURLWithPath: "/bin/sleep")
-            stand.arguments = ["60"]
+            stand.arguments = ["3600"]
+            stand.standardOutput = FileHandle.nullDevice
+            stand.standardError = FileHandle.nullDevice
             try stand.run()
             stands.append(stand)
         }
-        defer { for stand in stands { stand.terminate() } }
+        defer { for stand in stands { kill(stand.processIdentifier, SIGKILL) } }
         let (yielding, batch) = (stands[0].processIdentifier, stands[1].processIdentifier)
         #expect(tern_set_thread_policy(yielding, tern_idle_policy(), 0) == 0)
         #expect(tern_set_thread_policy(batch, 3 /* SCHED_BATCH */, 0) == 0)
