@@ -396,21 +396,25 @@ final class FakeQMPServer: Sendable {
         await server.close()
     }
 
-    /// While memory is sent with the guest running, its vCPU threads run under SCHED_IDLE (they
-    /// yield to the migration), and get their own policy back when the migration ends, here by
-    /// failing. Asked not to (`--no-yield`), they keep it throughout. (A process stands in for
-    /// QEMU's vCPU thread: a thread id and a process id name the same kind of thing to the
-    /// scheduler.)
-    @Test(arguments: [true, false]) func theVCPUsYieldToTheMigrationUntilItEnds(yields: Bool) async throws {
+    /// A process standing in for a vCPU thread (to the scheduler a process id names a thread):
+    /// it waits an hour, with no hold on the test's output. End it with SIGKILL: the test
+    /// process's threads may block SIGTERM, and its children inherit that.
+    static func standInThread() throws -> Int32 {
         let stand = Process()
         stand.executableURL = URL(fileURLWithPath: "/bin/sleep")
         stand.arguments = ["3600"]
         stand.standardOutput = FileHandle.nullDevice
         stand.standardError = FileHandle.nullDevice
         try stand.run()
-        // SIGKILL: the test process's threads may block SIGTERM, and its children inherit that.
-        defer { kill(stand.processIdentifier, SIGKILL) }
-        let thread = stand.processIdentifier
+        return stand.processIdentifier
+    }
+
+    /// While memory is sent with the guest running, its vCPU threads run under SCHED_IDLE (they
+    /// yield to the migration), and get their own policy back when the migration ends, here by
+    /// failing. Asked not to (`--no-yield`), they keep it throughout.
+    @Test(arguments: [true, false]) func theVCPUsYieldToTheMigrationUntilItEnds(yields: Bool) async throws {
+        let thread = try Self.standInThread()
+        defer { kill(thread, SIGKILL) }
         func policy() -> Int32 {
             var policy: Int32 = -1
             var priority: Int32 = 0
@@ -444,18 +448,8 @@ final class FakeQMPServer: Sendable {
     /// gives them the usual policy back; threads under another policy are left alone.
     @Test func vcpusLeftYieldingGetTheUsualPolicyBack() throws {
         guard VCPUYield.isPossible else { return }  // nothing yields then (see the test above)
-        var stands: [Process] = []
-        for _ in 0..<2 {
-            let stand = Process()
-            stand.executableURL = URL(fileURLWithPath: "/bin/sleep")
-            stand.arguments = ["3600"]
-            stand.standardOutput = FileHandle.nullDevice
-            stand.standardError = FileHandle.nullDevice
-            try stand.run()
-            stands.append(stand)
-        }
-        defer { for stand in stands { kill(stand.processIdentifier, SIGKILL) } }
-        let (yielding, batch) = (stands[0].processIdentifier, stands[1].processIdentifier)
+        let (yielding, batch) = (try Self.standInThread(), try Self.standInThread())
+        defer { for thread in [yielding, batch] { kill(thread, SIGKILL) } }
         #expect(tern_set_thread_policy(yielding, tern_idle_policy(), 0) == 0)
         #expect(tern_set_thread_policy(batch, 3 /* SCHED_BATCH */, 0) == 0)
         VCPUYield.restoreIfIdle(threads: [yielding, batch])
