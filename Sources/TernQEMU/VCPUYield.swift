@@ -14,7 +14,7 @@ import NIOConcurrencyHelpers
 /// the whole move about 345 ms instead of 490; the guest ran at about 40% of its pace meanwhile.
 ///
 /// Each thread gets its own policy back when the migration ends, whatever its outcome, and
-/// after ``longest`` at the latest, so that a long first pass on a busy host does not starve the
+/// after ``limit`` at the latest, so that a long first pass on a busy host does not starve the
 /// guest. Only where this process may give the policy back (``isPossible``): leaving SCHED_IDLE
 /// takes CAP_SYS_NICE or a high enough RLIMIT_NICE.
 final class VCPUYield: Sendable {
@@ -34,9 +34,6 @@ final class VCPUYield: Sendable {
         let priority: Int32
     }
     private let saved = NIOLockedValueBox<[Saved]>([])
-
-    /// Whether the threads yield now.
-    var isActive: Bool { saved.withLockedValue { !$0.isEmpty } }
 
     /// Moves `threads` to SCHED_IDLE, keeping the policy each had; threads already yielding, or
     /// whose policy cannot be read or changed (a thread that ended), are left as they are.
